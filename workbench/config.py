@@ -1,0 +1,170 @@
+"""Model and training configs: plain dataclasses, validated on creation.
+
+A config names every variant with a string (``norm="rmsnorm"``,
+``position="rope"``, ``attention="mha"``), so a notebook dropdown or a CLI
+flag can set it, and a checkpoint can store it as JSON. Any invalid value
+raises one ``ValueError`` naming the field, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .validation import check_choice, check_int, check_positive, check_range
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+POSITIONS = ("learned", "rope", "none")
+ATTENTION_MODES = ("causal", "bidirectional", "prefix")
+
+
+@dataclass
+class ModelConfig:
+    """The shape of a Transformer language model.
+
+    Defaults give nanoGPT's CPU "baby GPT" shape (4 layers, 4 heads, width 128).
+    """
+
+    vocab_size: int = 256
+    block_size: int = 64          # longest context the model is built for
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    n_kv_head: Optional[int] = None  # None = n_head (plain multi-head attention)
+    d_ff: Optional[int] = None       # None = 4 * d_model (GELU) or ~8/3 * d_model (SwiGLU)
+    dropout: float = 0.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    position: str = "learned"
+    rope_base: float = 10000.0
+    attention: str = "mha"
+    tie_embeddings: bool = True
+    bias: bool = True              # biases in linear layers and LayerNorm (GPT-2 style)
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        owner = "ModelConfig"
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
+            check_int(owner, name, getattr(self, name))
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        check_int(owner, "n_kv_head", self.n_kv_head)
+        if self.d_model % self.n_head:
+            divisors = [h for h in range(1, self.d_model + 1) if self.d_model % h == 0 and h <= 64]
+            raise ValueError(
+                f"ModelConfig.n_head={self.n_head!r} is invalid: d_model={self.d_model} must be "
+                f"divisible by n_head; choose n_head from {divisors} or change d_model"
+            )
+        if self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"ModelConfig.n_kv_head={self.n_kv_head!r} is invalid: n_head={self.n_head} must be "
+                f"a multiple of n_kv_head (each key/value head serves a whole group of query heads)"
+            )
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _swiglu_width(self.d_model)
+        check_int(owner, "d_ff", self.d_ff)
+        check_range(owner, "dropout", self.dropout, 0.0, 1.0, high_open=True)
+        check_positive(owner, "norm_eps", self.norm_eps)
+        check_positive(owner, "rope_base", self.rope_base)
+        check_positive(owner, "init_std", self.init_std)
+        check_choice(owner, "norm", self.norm, NORMS)
+        check_choice(owner, "mlp", self.mlp, MLPS)
+        check_choice(owner, "position", self.position, POSITIONS)
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"ModelConfig.position='rope' needs an even head_dim, got d_model/n_head = {self.head_dim}; "
+                "change d_model or n_head"
+            )
+        from .models.attention import ATTENTION  # late import: the registry lives with the variants
+
+        check_choice(owner, "attention", self.attention, ATTENTION.names())
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        return _from_dict(cls, values)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return _from_dict(type(self), {**self.to_dict(), **changes})
+
+
+def _swiglu_width(d_model: int) -> int:
+    """Llama's hidden width: 2/3 of 4*d, rounded up to a multiple of 32."""
+    width = int(8 * d_model / 3)
+    return 32 * ((width + 31) // 32)
+
+
+@dataclass
+class TrainConfig:
+    """How to train: optimizer, schedule, batch, evaluation and checkpoints."""
+
+    steps: int = 2000
+    batch_size: int = 12
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4            # cosine decays from lr to min_lr
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0          # 0 disables clipping
+    eval_every: int = 250           # 0 disables periodic evaluation
+    eval_batches: int = 20
+    log_every: int = 50
+    checkpoint_every: int = 0       # 0: only when asked
+    keep_checkpoints: int = 2
+    seed: int = 1337
+    device: str = "auto"            # auto | cpu | cuda | mps
+    dtype: str = "auto"             # auto (bf16 autocast on CUDA, fp32 elsewhere) | float32 | bfloat16
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        owner = "TrainConfig"
+        for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every", "keep_checkpoints"):
+            check_int(owner, name, getattr(self, name))
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            check_int(owner, name, getattr(self, name), minimum=0)
+        check_positive(owner, "lr", self.lr)
+        check_positive(owner, "min_lr", self.min_lr, allow_zero=True)
+        if self.min_lr > self.lr:
+            raise ValueError(f"TrainConfig.min_lr={self.min_lr!r} is invalid: it must not exceed lr={self.lr}")
+        check_positive(owner, "weight_decay", self.weight_decay, allow_zero=True)
+        check_range(owner, "beta1", self.beta1, 0.0, 1.0, high_open=True)
+        check_range(owner, "beta2", self.beta2, 0.0, 1.0, high_open=True)
+        check_positive(owner, "grad_clip", self.grad_clip, allow_zero=True)
+        check_choice(owner, "device", self.device, ("auto", "cpu", "cuda", "mps"))
+        check_choice(owner, "dtype", self.dtype, ("auto", "float32", "bfloat16"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, values)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return _from_dict(type(self), {**self.to_dict(), **changes})
+
+
+def _from_dict(cls, values: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; "
+            f"known fields are: {', '.join(sorted(known))}"
+        )
+    return cls(**values)
+
+
+def config_json(config) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True)

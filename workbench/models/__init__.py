@@ -1,0 +1,8 @@
+"""Model parts: attention variants, positions, norms, MLPs, and the GPT that joins them."""
+from .attention import ATTENTION, AttentionContext, attention_mask
+from .mlp import MLP
+from .norms import NORM, RMSNorm
+from .transformer import GPT, Block, Cache, ModelOutput
+
+__all__ = ["ATTENTION", "AttentionContext", "attention_mask", "MLP", "NORM", "RMSNorm", "GPT", "Block",
+           "Cache", "ModelOutput"]

@@ -1,0 +1,181 @@
+"""Attention: who may look at whom (the mask), and how they look (the variants).
+
+Scaled dot-product attention (Vaswani et al. 2017, eq. 1):
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_head) + M) V
+
+where M is 0 where query i may read key j and -inf elsewhere. Three masks
+serve every objective in the workbench:
+
+* ``causal``        j <= i                  (GPT, next-token prediction)
+* ``bidirectional`` every j                 (BERT, masked LM, diffusion)
+* ``prefix``        j <= i  or  j < P       (prefix LM / non-causal decoder;
+                                             P = 0 is exactly causal)
+
+A key-padding mask removes [PAD] keys on top of that.
+
+Variants register themselves by name in ``ATTENTION``; a config picks one
+with ``attention="mha"``. Every variant takes ``(x, ctx, cache)`` and
+returns ``(output, probabilities or None)``; it runs PyTorch's fused
+``scaled_dot_product_attention`` unless the caller asked to see the
+attention probabilities, in which case it runs the plain equation above.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import Registry
+from .positions import apply_rope
+
+ATTENTION = Registry("attention")
+
+
+@dataclass
+class AttentionContext:
+    """Everything the layers of one forward pass share about the sequence."""
+
+    mode: str                               # causal | bidirectional | prefix
+    positions: torch.Tensor                 # (T,) absolute positions of the queries
+    prefix_len: Optional[torch.Tensor]      # (B,) for mode="prefix"
+    key_padding: Optional[torch.Tensor]     # (B, T_keys) bool, True = real token
+    rope: Optional[tuple[torch.Tensor, torch.Tensor]]  # cos, sin for the query positions
+    need_weights: bool = False
+
+    def mask(self, n_keys: int) -> Optional[torch.Tensor]:
+        """Boolean mask (B|1, 1, T_q, T_keys), True where attention is allowed; None = all allowed."""
+        return attention_mask(self.mode, self.positions, n_keys, self.prefix_len, self.key_padding)
+
+    def is_plain_causal(self, n_keys: int) -> bool:
+        """True when SDPA's built-in causal mask is exactly the mask we want."""
+        n_queries = self.positions.numel()
+        return (self.mode == "causal" and self.key_padding is None and n_keys == n_queries)
+
+
+def attention_mask(mode: str, query_positions: torch.Tensor, n_keys: int,
+                   prefix_len: Optional[torch.Tensor] = None,
+                   key_padding: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    """The allowed-attention pattern as a boolean tensor (True = may attend)."""
+    key_positions = torch.arange(n_keys, device=query_positions.device)
+    q = query_positions[:, None]
+    k = key_positions[None, :]
+    if mode == "causal":
+        allowed = (k <= q)[None, None]
+    elif mode == "bidirectional":
+        allowed = None
+    elif mode == "prefix":
+        if prefix_len is None:
+            raise ValueError("attention_mode='prefix' needs prefix_len (an int or a (batch,) tensor)")
+        in_prefix = k[None, :, :] < prefix_len.view(-1, 1, 1)
+        allowed = ((k <= q)[None] | in_prefix)[:, None]
+    else:
+        raise ValueError(
+            f"attention_mode={mode!r} is invalid: allowed values are 'causal', 'bidirectional', 'prefix'"
+        )
+    if key_padding is not None:
+        pad = key_padding[:, None, None, :n_keys].bool()
+        # A query may always see itself, so a [PAD] query row is never empty (no NaN).
+        pad = pad | (k == q)[None, None]
+        allowed = pad if allowed is None else allowed & pad
+    return allowed
+
+
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
+                       dropout: float = 0.0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """softmax(q k^T / sqrt(d) + M) v for q (B, H, Tq, d) and k, v (B, H, Tk, d).
+
+    Uses the fused kernel unless ``ctx.need_weights``; both paths compute the
+    same numbers (tested). ``dropout`` applies to the probabilities (training only).
+    """
+    n_keys = k.shape[-2]
+    if not ctx.need_weights:
+        if ctx.is_plain_causal(n_keys):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask(n_keys), dropout_p=dropout), None
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    mask = ctx.mask(n_keys)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.float().softmax(dim=-1).to(q.dtype)
+    out = F.dropout(probs, p=dropout) @ v if dropout > 0 else probs @ v
+    return out, probs
+
+
+class LayerKVCache:
+    """Keys and values of one layer, preallocated for ``max_len`` positions."""
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[-2]
+        if end > self.keys.shape[-2]:
+            raise ValueError(
+                f"the KV cache holds {self.keys.shape[-2]} positions but {end} are needed; "
+                "create the cache with a larger max_len"
+            )
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+
+@ATTENTION.register("mha")
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; with n_kv_head < n_head, grouped-query attention.
+
+    Query head h reads key/value head h // (n_head / n_kv_head) (GQA, Ainslie
+    et al. 2023); n_kv_head = n_head is the original multi-head attention.
+    Q, K and V come from one fused projection, split by size.
+    """
+
+    def __init__(self, config, layer_index: int = 0):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        self.dropout = config.dropout
+        kv_width = self.n_kv_head * self.head_dim
+        self.qkv = nn.Linear(config.d_model, config.d_model + 2 * kv_width, bias=config.bias)
+        self.proj = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[LayerKVCache] = None,
+                cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        B, T, C = x.shape
+        kv_width = self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if ctx.rope is not None:
+            cos, sin = ctx.rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, cache_start)
+        if self.n_kv_head != self.n_head:
+            groups = self.n_head // self.n_kv_head
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out, probs = scaled_dot_product(q, k, v, ctx, self.dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, T, C)
+        return self.proj(out), probs
+
+    def new_cache(self, batch: int, max_len: int, device, dtype) -> LayerKVCache:
+        return LayerKVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
+
+    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
+        """2 (keys and values) * n_kv_head * head_dim * element size."""
+        return 2 * self.n_kv_head * self.head_dim * bytes_per_element
+
+    def attention_flops_per_token(self, context: int) -> int:
+        """Forward FLOPs of q k^T and probs @ v for one query against ``context`` keys."""
+        return 2 * 2 * self.n_head * self.head_dim * context

@@ -1,0 +1,207 @@
+"""A GPT built from small parts: embedding -> blocks -> norm -> LM head.
+
+Each block is pre-norm (GPT-2, Radford et al. 2019):
+
+    h = x + Attention(Norm(x))
+    y = h + MLP(Norm(h))
+
+and the LM head maps the final normalized state to one logit per vocabulary
+entry. With ``tie_embeddings`` the head reuses the token embedding matrix
+(Press & Wolf 2017).
+
+For teaching, ``forward`` can return every block's attention probabilities
+(``return_attentions``) and the residual stream after the embedding and
+after each block (``return_hidden_states``), and the model reports its
+parameter count, FLOPs per token and KV-cache bytes per token.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import ATTENTION, AttentionContext
+from .mlp import make_mlp
+from .norms import make_norm
+from .positions import LearnedPositions, RotaryEmbedding
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = ATTENTION.get(config.attention)(config, layer_index)
+        self.norm2 = make_norm(config)
+        self.mlp = make_mlp(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, ctx: AttentionContext, cache=None, cache_start: int = 0):
+        attended, probs = self.attn(self.norm1(x), ctx, cache, cache_start)
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.mlp(self.norm2(x)))
+        return x, probs
+
+
+class Cache:
+    """The whole model's generation state: one cache per layer and the length so far."""
+
+    def __init__(self, layers: list, max_len: int):
+        self.layers = layers
+        self.max_len = max_len
+        self.length = 0
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor                             # (B, T, vocab)
+    attentions: Optional[list[torch.Tensor]] = None  # per layer (B, heads, T_q, T_k)
+    hidden_states: Optional[list[torch.Tensor]] = None  # embedding output, then each block's output
+    cache: Optional[Cache] = None
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.positions = LearnedPositions(config.block_size, config.d_model) if config.position == "learned" else None
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.position == "rope" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so the
+        # residual stream's variance does not grow with depth.
+        for name, param in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        *,
+        inputs_embeds: Optional[torch.Tensor] = None,
+        attention_mode: str = "causal",
+        prefix_len: Union[int, torch.Tensor, None] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        cache: Optional[Cache] = None,
+        return_attentions: bool = False,
+        return_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """Run the model on token ids (B, T) or embeddings (B, T, d_model).
+
+        ``attention_mode``: "causal", "bidirectional" or "prefix" (with
+        ``prefix_len``, an int or a (B,) tensor). ``key_padding_mask`` (B, T)
+        is True for real tokens. ``cache`` (from ``new_cache``) makes this an
+        incremental step: the inputs continue the cached sequence.
+        """
+        x = self._embed(input_ids, inputs_embeds)
+        B, T, _ = x.shape
+        start = cache.length if cache is not None else 0
+        positions = torch.arange(start, start + T, device=x.device)
+        if self.positions is not None:
+            x = x + self.positions(positions)
+        x = self.dropout(x)
+        if isinstance(prefix_len, int):
+            prefix_len = torch.full((B,), prefix_len, device=x.device, dtype=torch.long)
+        ctx = AttentionContext(
+            mode=attention_mode,
+            positions=positions,
+            prefix_len=prefix_len,
+            key_padding=key_padding_mask,
+            rope=self.rope.cos_sin(positions) if self.rope is not None else None,
+            need_weights=return_attentions,
+        )
+        if attention_mode not in ("causal", "bidirectional", "prefix"):
+            ctx.mask(T)  # raises the clear error
+        if cache is not None and attention_mode != "causal":
+            raise ValueError(
+                f"a KV cache only makes sense with attention_mode='causal' (got {attention_mode!r}): "
+                "later tokens would change earlier tokens' states; run without a cache"
+            )
+        attentions = [] if return_attentions else None
+        hidden_states = [x] if return_hidden_states else None
+        for i, block in enumerate(self.blocks):
+            x, probs = block(x, ctx, cache.layers[i] if cache is not None else None, start)
+            if attentions is not None:
+                attentions.append(probs)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        if cache is not None:
+            cache.length += T
+        logits = self.lm_head(self.norm(x))
+        return ModelOutput(logits=logits, attentions=attentions, hidden_states=hidden_states, cache=cache)
+
+    def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (B, T) or inputs_embeds (B, T, d_model)")
+        if inputs_embeds is not None:
+            return inputs_embeds
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0):
+            raise ValueError(
+                f"input_ids contain ids outside [0, {self.config.vocab_size}); the tokenizer and the model "
+                "disagree on the vocabulary: build the model with vocab_size=tokenizer.vocab_size"
+            )
+        return self.token_embedding(input_ids)
+
+    # ------------------------------------------------------------------ cache
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None) -> Cache:
+        """An empty generation cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        max_len = max_len or self.config.block_size
+        param = self.token_embedding.weight
+        layers = [block.attn.new_cache(batch_size, max_len, param.device, param.dtype) for block in self.blocks]
+        return Cache(layers, max_len)
+
+    # ------------------------------------------------------------------ accounting
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters, counting a tied matrix once. ``non_embedding`` drops token/position tables
+        (Kaplan et al. 2020 count N this way)."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.token_embedding.weight.numel()
+            if self.positions is not None:
+                total -= self.positions.table.weight.numel()
+        return total
+
+    def flops_per_token(self, context: Optional[int] = None, training: bool = True) -> int:
+        """FLOPs to process one token: 2 per multiply-add of every weight matrix (incl. the LM head)
+        plus attention's q k^T and probs @ v over ``context`` keys; training (forward + backward)
+        is 3x forward (Kaplan et al. 2020; PaLM appendix B: 6N + 12 L d T)."""
+        context = context or self.config.block_size
+        matmul_params = self.num_parameters(non_embedding=True) + self.lm_head.weight.numel()
+        forward = 2 * matmul_params + sum(b.attn.attention_flops_per_token(context) for b in self.blocks)
+        return 3 * forward if training else forward
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        element = torch.empty((), dtype=dtype).element_size()
+        return sum(block.attn.kv_bytes_per_token(element) for block in self.blocks)
+
+    def summary(self) -> str:
+        c = self.config
+        return (
+            f"GPT: {c.n_layer} layers, {c.n_head} heads ({c.n_kv_head} kv), width {c.d_model}, "
+            f"context {c.block_size}, vocab {c.vocab_size}, {c.norm}, {c.mlp}, {c.position} positions | "
+            f"{self.num_parameters():,} parameters, {self.flops_per_token():,} training FLOPs/token, "
+            f"{self.kv_cache_bytes_per_token():,} KV-cache bytes/token (fp32)"
+        )

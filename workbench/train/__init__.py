@@ -1,0 +1,8 @@
+"""Training: the one Trainer, its schedule, callbacks and checkpoints."""
+from .callbacks import Callback, PrintLogger
+from .checkpoint import CheckpointError, load_model, save_model
+from .schedule import warmup_cosine
+from .trainer import NonFiniteLossError, Trainer
+
+__all__ = ["Callback", "PrintLogger", "CheckpointError", "load_model", "save_model", "warmup_cosine",
+           "NonFiniteLossError", "Trainer"]

@@ -1,0 +1,278 @@
+"""The one Trainer: AdamW, warmup + cosine, clipping, accumulation, eval, checkpoints.
+
+It knows nothing about any objective: each step draws clean token windows
+from the data, hands them to ``objective.loss(model, batch, generator)``,
+and minimizes what comes back. The same loop trains every model in the
+workbench, in notebooks, scripts, the CLI and tests.
+
+Guarantees a classroom needs:
+
+* **Exact resume.** A checkpoint holds weights, optimizer moments, the step,
+  the history and every RNG state, so a run resumed at step k repeats the
+  uninterrupted run's losses.
+* **Stop button safe.** A KeyboardInterrupt (Jupyter's stop button) rolls
+  the half-done step back (gradients cleared, RNG states restored), so model,
+  optimizer and history are intact and ``fit()`` continues as if never
+  stopped. The optimizer update itself is shielded from the interrupt.
+* **No silent divergence.** A NaN or inf loss (or gradient) stops training
+  with ``NonFiniteLossError`` before it touches the weights, keeping the last
+  good state.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig, TrainConfig
+from ..device import autocast, autocast_dtype, pick_device, seed_everything
+from . import checkpoint as ckpt
+from .callbacks import Callback, PrintLogger
+from .schedule import warmup_cosine
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the model keeps its last good state."""
+
+
+class Trainer:
+    def __init__(self, model, objective, data, config: Optional[TrainConfig] = None,
+                 callbacks: Optional[Iterable[Callback]] = None, out_dir=None, tokenizer=None):
+        self.config = config or TrainConfig()
+        self.device = pick_device(self.config.device)
+        self.amp_dtype = autocast_dtype(self.device, self.config.dtype)
+        self.model = model.to(self.device)
+        self.objective = objective
+        self.data = data
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(data, "tokenizer", None)
+        self.callbacks = list(callbacks) if callbacks is not None else [PrintLogger()]
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.data.check_block(model.config.block_size + 1)
+        self.generator = seed_everything(self.config.seed)
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+        self.history: dict[str, list[dict]] = {"train": [], "eval": []}
+        self.elapsed = 0.0  # wall seconds spent in fit(), evaluation included
+        self.tokens_seen = 0
+        self._forward_model = torch.compile(self.model) if self.config.compile else self.model
+
+    # ------------------------------------------------------------------ setup
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW (Loshchilov & Hutter 2019); weight decay on matrices only, not on biases or norms."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(self.config.beta1, self.config.beta2),
+                                 fused=self.device.type == "cuda")
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        return warmup_cosine(step, lr=c.lr, min_lr=c.min_lr, warmup_steps=c.warmup_steps, total_steps=c.steps)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.config.batch_size * self.config.grad_accum * self.model.config.block_size
+
+    # ------------------------------------------------------------------ training
+    def fit(self, steps: Optional[int] = None) -> dict:
+        """Train until ``config.steps`` (or for ``steps`` more steps). Returns the history."""
+        target = self.config.steps if steps is None else self.step + steps
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        bar = tqdm(total=target, initial=self.step, desc="training", unit="step", leave=False)
+        start = time.perf_counter()
+        base_elapsed = self.elapsed
+        try:
+            while self.step < target:
+                record = self._train_step(start, base_elapsed)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                for callback in self.callbacks:
+                    callback.on_step(self, record)
+                if self.config.eval_every and (self.step % self.config.eval_every == 0 or self.step == target):
+                    self._evaluate_and_log(start, base_elapsed)
+                if self.out_dir is not None and self.config.checkpoint_every and \
+                        self.step % self.config.checkpoint_every == 0:
+                    self.save_checkpoint()
+        except KeyboardInterrupt:
+            print(f"Interrupted at step {self.step}: model, optimizer and history are intact; "
+                  "call fit() again to continue.")
+        finally:
+            self.elapsed = base_elapsed + (time.perf_counter() - start)
+            bar.close()
+            for callback in self.callbacks:
+                callback.on_train_end(self)
+        return self.history
+
+    def _train_step(self, start: float, base_elapsed: float) -> dict:
+        snapshot = (self.generator.get_state(), torch.get_rng_state(),
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        step_start = time.perf_counter()
+        try:
+            lr = self.lr_at(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.model.train()
+            total = 0.0
+            for _ in range(self.config.grad_accum):
+                batch = self.data.get_batch("train", self.config.batch_size,
+                                            self.model.config.block_size + 1, self.generator).to(self.device)
+                with autocast(self.device, self.amp_dtype):
+                    out = self.objective.loss(self._forward_model, batch, self.generator)
+                loss_value = float(out.loss.detach())
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(
+                        f"the loss became {loss_value} at step {self.step} (lr={lr:.2e}); training stopped and "
+                        f"the model keeps its state after step {self.step - 1}. Lower lr, lengthen warmup, "
+                        "or set grad_clip > 0"
+                    )
+                (out.loss / self.config.grad_accum).backward()
+                total += loss_value / self.config.grad_accum
+            grad_norm = self._clip_gradients()
+        except (KeyboardInterrupt, NonFiniteLossError):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.generator.set_state(snapshot[0])
+            torch.set_rng_state(snapshot[1])
+            if snapshot[2] is not None:
+                torch.cuda.set_rng_state_all(snapshot[2])
+            raise
+        with _shielded_from_interrupt():  # commit the step as one unit
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.tokens_seen += self.tokens_per_step
+            step_time = time.perf_counter() - step_start
+            record = {"step": self.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
+                      "tokens": self.tokens_seen, "tokens_per_s": self.tokens_per_step / max(step_time, 1e-9),
+                      "elapsed": base_elapsed + time.perf_counter() - start, **out.metrics}
+            self.history["train"].append(record)
+        return record
+
+    def _clip_gradients(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(norm):
+            raise NonFiniteLossError(
+                f"the gradient norm became {norm} at step {self.step}; training stopped and the model keeps "
+                f"its state after step {self.step - 1}. Lower lr or set grad_clip > 0"
+            )
+        return norm
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "val", batches: Optional[int] = None) -> float:
+        """Mean objective loss over ``batches`` batches drawn with a fixed seed (same batches every call)."""
+        generator = torch.Generator().manual_seed(self.config.seed + 1)
+        was_training = self.model.training
+        self.model.eval()
+        losses = []
+        try:
+            for _ in range(batches or self.config.eval_batches):
+                batch = self.data.get_batch(split, self.config.batch_size, self.model.config.block_size + 1,
+                                            generator).to(self.device)
+                with autocast(self.device, self.amp_dtype):
+                    losses.append(float(self.objective.loss(self._forward_model, batch, generator).loss))
+        finally:
+            self.model.train(was_training)
+        return sum(losses) / len(losses)
+
+    def _evaluate_and_log(self, start: float, base_elapsed: float) -> dict:
+        since = self.history["eval"][-1]["step"] if self.history["eval"] else 0
+        recent = [r["loss"] for r in self.history["train"] if r["step"] > since]
+        record = {"step": self.step, "val_loss": self.evaluate("val"),
+                  "train_loss": sum(recent) / len(recent) if recent else float("nan"),
+                  "elapsed": base_elapsed + time.perf_counter() - start, "tokens": self.tokens_seen}
+        self.history["eval"].append(record)
+        for callback in self.callbacks:
+            callback.on_eval(self, record)
+        return record
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path=None) -> Path:
+        """Save everything needed to resume exactly. Default: out_dir/step-XXXXXX + latest.json."""
+        if path is None and self.out_dir is None:
+            raise ValueError("save_checkpoint needs a path, or build the Trainer with out_dir=...")
+        run_dir = Path(path) if path is not None else self.out_dir
+        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
+        rng = {"rng.torch": torch.get_rng_state(), "rng.data": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        meta = {"model_config": self.model.config.to_dict(), "train_config": self.config.to_dict(),
+                "step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen,
+                "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None)}
+        extra = {"tokenizer.json": ckpt._tokenizer_json(self.tokenizer)} if self.tokenizer is not None else None
+        directory = ckpt.write_checkpoint(
+            run_dir / f"step-{self.step:06d}",
+            {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
+            meta, extra)
+        ckpt.point_latest(run_dir, directory)
+        ckpt.prune(run_dir, self.config.keep_checkpoints)
+        return directory
+
+    def load_checkpoint(self, path) -> None:
+        """Restore weights, optimizer, step, history and RNG from a checkpoint of the same model config.
+
+        Everything is read and checked before anything is changed.
+        """
+        directory, meta = ckpt.read_checkpoint(path)
+        stored = ModelConfig.from_dict(meta["model_config"])
+        if stored != self.model.config:
+            diffs = [f"{k}: checkpoint {v!r} vs model {getattr(self.model.config, k)!r}"
+                     for k, v in stored.to_dict().items() if getattr(self.model.config, k) != v]
+            raise ckpt.CheckpointError(
+                f"{directory} was saved from a model with another config ({'; '.join(diffs)}); build the "
+                "model with the checkpoint's config, e.g. workbench.train.load_model(path)"
+            )
+        if "optimizer" not in meta:
+            raise ckpt.CheckpointError(f"{directory} holds weights only (no optimizer state); it cannot resume training")
+        model_state = ckpt.read_tensors(directory, "model.safetensors")
+        trainer_state = ckpt.read_tensors(directory, "trainer.safetensors")
+        ckpt.load_model_tensors(self.model, model_state)
+        ckpt.restore_optimizer(self.optimizer, trainer_state, meta["optimizer"])
+        torch.set_rng_state(trainer_state["rng.torch"])
+        self.generator.set_state(trainer_state["rng.data"])
+        if "rng.cuda" in trainer_state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(trainer_state["rng.cuda"]))
+        self.step = meta["step"]
+        self.elapsed = meta.get("elapsed", 0.0)
+        self.tokens_seen = meta.get("tokens_seen", 0)
+        self.history = meta["history"]
+
+    @classmethod
+    def resume(cls, path, objective, data, callbacks=None, out_dir=None, **config_changes) -> "Trainer":
+        """Rebuild model and Trainer from a checkpoint and restore its state."""
+        from ..models import GPT
+
+        _, meta = ckpt.read_checkpoint(path)
+        model = GPT(ModelConfig.from_dict(meta["model_config"]))
+        config = TrainConfig.from_dict({**meta["train_config"], **config_changes})
+        trainer = cls(model, objective, data, config, callbacks=callbacks,
+                      out_dir=out_dir if out_dir is not None else Path(path))
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+@contextlib.contextmanager
+def _shielded_from_interrupt():
+    """Delay Ctrl-C / Jupyter's stop button until the block ends, so an update is never half-applied."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
