@@ -1,0 +1,70 @@
+"""Look inside a model: attention maps and next-token distributions, as plain numbers.
+
+These feed the notebook widgets (``workbench.viz.widgets``) but need no
+Jupyter: they return NumPy arrays and lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .generate import filter_logits
+
+
+@dataclass
+class AttentionMaps:
+    probs: np.ndarray        # (layers, heads, T, T)
+    tokens: list[str]        # one display label per position
+
+
+@torch.no_grad()
+def attention_maps(model, tokenizer, text: str, attention_mode: str = "causal") -> AttentionMaps:
+    """Every layer's and head's attention probabilities over ``text`` (cropped to block_size)."""
+    ids = tokenizer.encode(text)[-model.config.block_size:]
+    if not ids:
+        raise ValueError("the text is empty; type a few characters to look at their attention")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.tensor([ids], device=device), attention_mode=attention_mode, return_attentions=True)
+    finally:
+        model.train(was_training)
+    probs = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
+    return AttentionMaps(probs=probs, tokens=tokenizer.token_strings(ids))
+
+
+@dataclass
+class NextTokenDistribution:
+    tokens: list[str]        # labels of the most likely tokens, most likely first
+    probs: np.ndarray        # their probability after temperature and top-k / top-p
+    raw_probs: np.ndarray    # their probability at temperature 1, no filtering
+    kept: np.ndarray         # bool: still sampleable after top-k / top-p
+
+
+@torch.no_grad()
+def next_token_distribution(model, tokenizer, text: str, temperature: float = 1.0, top_k: Optional[int] = None,
+                            top_p: Optional[float] = None, show: int = 20) -> NextTokenDistribution:
+    """The distribution the sampler draws the next token from, for the ``show`` likeliest tokens."""
+    ids = tokenizer.encode(text)[-model.config.block_size:]
+    if not ids:
+        raise ValueError("the prompt is empty; type at least one character")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+    finally:
+        model.train(was_training)
+    raw = logits.softmax(-1)
+    if temperature == 0:
+        final = torch.zeros_like(raw)
+        final[raw.argmax()] = 1.0
+    else:
+        final = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    order = raw.argsort(descending=True)[:show]
+    return NextTokenDistribution(tokens=tokenizer.token_strings(order.tolist()), probs=final[order].numpy(),
+                                 raw_probs=raw[order].numpy(), kept=(final[order] > 0).numpy())

@@ -1,0 +1,137 @@
+"""Widgets: the figures of ``figures.py`` wired to models, sliders and the Trainer.
+
+* ``LiveLossPlot``      a Trainer callback that redraws the loss curve while training;
+* ``sampling_explorer`` prompt + temperature / top-k / top-p sliders: the next-token
+                        distribution redraws as you move them, and a button samples text;
+* ``attention_explorer`` layer and head sliders over a prompt's attention heatmap.
+
+Widgets live only here; everything they show is computed by library functions
+that tests call directly.
+"""
+from __future__ import annotations
+
+import html
+from typing import Optional
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from IPython.display import display
+
+from ..generate import sample_text
+from ..inspect import attention_maps, next_token_distribution
+from ..train.callbacks import Callback
+from .figures import attention_figure, distribution_figure, loss_figure, smooth
+
+
+class LiveLossPlot(Callback):
+    """Draws the training and validation loss as they arrive (about ``updates`` redraws per run)."""
+
+    def __init__(self, floor: Optional[float] = None, title: str = "Loss", updates: int = 60, smoothing: int = 20):
+        self.floor, self.title, self.updates, self.smoothing = floor, title, updates, smoothing
+        self.figure: Optional[go.FigureWidget] = None
+
+    def on_train_begin(self, trainer) -> None:
+        self.every = max(1, trainer.config.steps // self.updates)
+        if self.figure is None:
+            self.figure = go.FigureWidget(loss_figure(trainer.history, self.floor, self.title,
+                                                      smoothing=self.smoothing))
+            display(self.figure)
+
+    def on_step(self, trainer, record: dict) -> None:
+        if record["step"] % self.every == 0:
+            self.redraw(trainer.history)
+
+    def on_eval(self, trainer, record: dict) -> None:
+        self.redraw(trainer.history)
+
+    def on_train_end(self, trainer) -> None:
+        self.redraw(trainer.history)
+
+    def redraw(self, history: dict) -> None:
+        train, evals = history["train"], history["eval"]
+        with self.figure.batch_update():
+            self.figure.data[0].x = [r["step"] for r in train]
+            self.figure.data[0].y = smooth([r["loss"] for r in train], self.smoothing)
+            self.figure.data[1].x = [r["step"] for r in evals]
+            self.figure.data[1].y = [r["val_loss"] for r in evals]
+
+
+def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 200) -> widgets.Widget:
+    """Move temperature / top-k / top-p and watch the next-token distribution reshape; press Sample."""
+    prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
+    temperature = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="temperature")
+    top_k = widgets.IntSlider(value=0, min=0, max=min(100, tokenizer.vocab_size), description="top-k (0=off)")
+    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
+    seed = widgets.IntText(value=0, description="seed")
+    button = widgets.Button(description="Sample", button_style="primary")
+    text_out = widgets.HTML()
+    figure = go.FigureWidget(distribution_figure([], []))
+
+    def settings():
+        return dict(temperature=temperature.value, top_k=top_k.value or None,
+                    top_p=top_p.value if top_p.value < 1.0 else None)
+
+    def redraw(*_):
+        try:
+            dist = next_token_distribution(model, tokenizer, prompt_box.value or "\n", **settings())
+        except ValueError as error:
+            text_out.value = f"<b>{html.escape(str(error))}</b>"
+            return
+        with figure.batch_update():
+            figure.data[0].x = dist.tokens
+            figure.data[0].y = dist.probs
+            figure.data[0].marker.color = ["#1f77b4" if k else "#cccccc" for k in dist.kept]
+            figure.layout.title = f"next token after {prompt_box.value[-20:]!r}"
+
+    def sample(*_):
+        try:
+            text = sample_text(model, tokenizer, prompt_box.value or "\n", max_new_tokens,
+                               seed=seed.value, **settings())
+        except ValueError as error:
+            text = f"error: {error}"
+        text_out.value = f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre>"
+
+    for control in (prompt_box, temperature, top_k, top_p):
+        control.observe(redraw, names="value")
+    button.on_click(sample)
+    redraw()
+    return widgets.VBox([prompt_box, widgets.HBox([temperature, top_k, top_p]), widgets.HBox([seed, button]),
+                         figure, text_out])
+
+
+def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
+    """Layer and head sliders over the attention heatmap of ``prompt`` (edit the prompt to recompute)."""
+    prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
+    layer = widgets.IntSlider(value=0, min=0, max=model.config.n_layer - 1, description="layer")
+    head = widgets.IntSlider(value=0, min=0, max=model.config.n_head - 1, description="head")
+    message = widgets.HTML()
+    maps = {"value": attention_maps(model, tokenizer, prompt)}
+    labels = maps["value"].tokens
+    figure = go.FigureWidget(attention_figure(maps["value"].probs[0, 0], labels, labels))
+
+    def redraw(*_):
+        current = maps["value"]
+        names = current.tokens
+        ticks = list(range(len(names)))
+        with figure.batch_update():
+            figure.data[0].z = current.probs[layer.value, head.value]
+            figure.data[0].x, figure.data[0].y = ticks, ticks
+            figure.data[0].customdata = [[f"{q} -> {k}" for k in names] for q in names]
+            figure.layout.xaxis.update(tickvals=ticks, ticktext=names)
+            figure.layout.yaxis.update(tickvals=ticks, ticktext=names)
+            figure.layout.title = f"layer {layer.value}, head {head.value}"
+
+    def recompute(*_):
+        try:
+            maps["value"] = attention_maps(model, tokenizer, prompt_box.value)
+            message.value = ""
+        except ValueError as error:
+            message.value = f"<b>{html.escape(str(error))}</b>"
+            return
+        redraw()
+
+    layer.observe(redraw, names="value")
+    head.observe(redraw, names="value")
+    prompt_box.observe(recompute, names="value")
+    redraw()
+    return widgets.VBox([prompt_box, widgets.HBox([layer, head]), message, figure])
