@@ -246,9 +246,4 @@ def load_checkpoint_tokenizer(directory: Path):
 
 
 def _tokenizer_json(tokenizer) -> str:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        file = Path(tmp) / "tokenizer.json"
-        tokenizer.save(file)
-        return file.read_text()
+    return tokenizer.to_json()
