@@ -49,6 +49,8 @@ class ModelConfig:
         owner = "ModelConfig"
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
             check_int(owner, name, getattr(self, name))
+        # fields left to their defaults are re-derived by replace() (not a dataclass field)
+        self._derived = tuple(name for name in ("n_kv_head", "d_ff") if getattr(self, name) is None)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         check_int(owner, "n_kv_head", self.n_kv_head)
@@ -94,7 +96,9 @@ class ModelConfig:
         return _from_dict(cls, values)
 
     def replace(self, **changes: Any) -> "ModelConfig":
-        return _from_dict(type(self), {**self.to_dict(), **changes})
+        """A copy with ``changes``; n_kv_head / d_ff that were left to their defaults are derived again."""
+        derived = {name: None for name in getattr(self, "_derived", ()) if name not in changes}
+        return _from_dict(type(self), {**self.to_dict(), **derived, **changes})
 
 
 def _swiglu_width(d_model: int) -> int:

@@ -189,7 +189,8 @@ class GPT(nn.Module):
         plus attention's q k^T and probs @ v over ``context`` keys; training (forward + backward)
         is 3x forward (Kaplan et al. 2020; PaLM appendix B: 6N + 12 L d T)."""
         context = context or self.config.block_size
-        matmul_params = self.num_parameters(non_embedding=True) + self.lm_head.weight.numel()
+        # every nn.Linear weight once (the LM head included, tied or not); biases and norm gains are not matmuls
+        matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
         forward = 2 * matmul_params + sum(b.attn.attention_flops_per_token(context) for b in self.blocks)
         return 3 * forward if training else forward
 

@@ -220,7 +220,7 @@ def read_tensors(directory: Path, filename: str) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- models alone
 def save_model(model, path, tokenizer=None) -> Path:
     """Save weights + config (+ tokenizer) for inference, in the checkpoint format."""
-    extra = {"tokenizer.json": _tokenizer_json(tokenizer)} if tokenizer is not None else None
+    extra = {"tokenizer.json": tokenizer.to_json()} if tokenizer is not None else None
     return write_checkpoint(Path(path), {"model.safetensors": model_tensors(model)},
                             {"model_config": model.config.to_dict()}, extra)
 
@@ -243,7 +243,3 @@ def load_checkpoint_tokenizer(directory: Path):
     from ..data.tokenizers import load_tokenizer
 
     return load_tokenizer(file)
-
-
-def _tokenizer_json(tokenizer) -> str:
-    return tokenizer.to_json()

@@ -56,6 +56,10 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.data.check_block(model.config.block_size + 1)
         self.generator = seed_everything(self.config.seed)
+        # This trainer's own dropout RNG: swapped into torch's global RNG only while fit() runs, so two
+        # trainers built (or fitted in turns) side by side do not draw from each other's stream.
+        self._rng_state = _global_rng_state()
+        self._fitting = False
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.history: dict[str, list[dict]] = {"train": [], "eval": []}
@@ -91,6 +95,9 @@ class Trainer:
         bar = tqdm(total=target, initial=self.step, desc="training", unit="step", leave=False)
         start = time.perf_counter()
         base_elapsed = self.elapsed
+        outer_rng = _global_rng_state()
+        _set_global_rng_state(self._rng_state)
+        self._fitting = True
         try:
             while self.step < target:
                 record = self._train_step(start, base_elapsed)
@@ -107,6 +114,9 @@ class Trainer:
             print(f"Interrupted at step {self.step}: model, optimizer and history are intact; "
                   "call fit() again to continue.")
         finally:
+            self._fitting = False
+            self._rng_state = _global_rng_state()
+            _set_global_rng_state(outer_rng)
             self.elapsed = base_elapsed + (time.perf_counter() - start)
             bar.close()
             for callback in self.callbacks:
@@ -204,13 +214,14 @@ class Trainer:
             raise ValueError("save_checkpoint needs a path, or build the Trainer with out_dir=...")
         run_dir = Path(path) if path is not None else self.out_dir
         opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
-        rng = {"rng.torch": torch.get_rng_state(), "rng.data": self.generator.get_state()}
-        if torch.cuda.is_available():
-            rng["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch_rng, cuda_rng = _global_rng_state() if self._fitting else self._rng_state
+        rng = {"rng.torch": torch_rng, "rng.data": self.generator.get_state()}
+        if cuda_rng is not None:
+            rng["rng.cuda"] = torch.stack(cuda_rng)
         meta = {"model_config": self.model.config.to_dict(), "train_config": self.config.to_dict(),
                 "step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen,
                 "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None)}
-        extra = {"tokenizer.json": ckpt._tokenizer_json(self.tokenizer)} if self.tokenizer is not None else None
+        extra = {"tokenizer.json": self.tokenizer.to_json()} if self.tokenizer is not None else None
         directory = ckpt.write_checkpoint(
             run_dir / f"step-{self.step:06d}",
             {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
@@ -239,10 +250,11 @@ class Trainer:
         trainer_state = ckpt.read_tensors(directory, "trainer.safetensors")
         ckpt.load_model_tensors(self.model, model_state)
         ckpt.restore_optimizer(self.optimizer, trainer_state, meta["optimizer"])
-        torch.set_rng_state(trainer_state["rng.torch"])
-        self.generator.set_state(trainer_state["rng.data"])
+        cuda_rng = self._rng_state[1]
         if "rng.cuda" in trainer_state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(trainer_state["rng.cuda"]))
+            cuda_rng = list(trainer_state["rng.cuda"])
+        self._rng_state = (trainer_state["rng.torch"], cuda_rng)
+        self.generator.set_state(trainer_state["rng.data"])
         self.step = meta["step"]
         self.elapsed = meta.get("elapsed", 0.0)
         self.tokens_seen = meta.get("tokens_seen", 0)
@@ -253,13 +265,24 @@ class Trainer:
         """Rebuild model and Trainer from a checkpoint and restore its state."""
         from ..models import GPT
 
-        _, meta = ckpt.read_checkpoint(path)
+        directory, meta = ckpt.read_checkpoint(path)
         model = GPT(ModelConfig.from_dict(meta["model_config"]))
         config = TrainConfig.from_dict({**meta["train_config"], **config_changes})
-        trainer = cls(model, objective, data, config, callbacks=callbacks,
-                      out_dir=out_dir if out_dir is not None else Path(path))
+        if out_dir is None:  # keep saving into the run directory, also when resuming from a step-* folder
+            out_dir = Path(path) if (Path(path) / "latest.json").is_file() else directory.parent
+        trainer = cls(model, objective, data, config, callbacks=callbacks, out_dir=out_dir)
         trainer.load_checkpoint(path)
         return trainer
+
+
+def _global_rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_global_rng_state(state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 @contextlib.contextmanager
