@@ -88,10 +88,11 @@ def generate(
     model.eval()
     try:
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-        cache = model.new_cache(ids.shape[0], block) if use_cache else None
         pending = ids[:, -block:]  # tokens the model has not seen yet (the prompt, cropped)
+        # room for the prompt and every new token, never more than the model's context
+        cache = model.new_cache(ids.shape[0], min(block, pending.shape[1] + max_new_tokens)) if use_cache else None
         for _ in range(max_new_tokens):
-            if cache is not None and cache.length + pending.shape[1] > block:
+            if cache is not None and cache.length + pending.shape[1] > cache.max_len:
                 cache = None  # full: continue like the uncached path, over the last block tokens
             if cache is None:
                 logits = model(ids[:, -block:]).logits[:, -1]

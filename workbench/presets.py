@@ -44,7 +44,7 @@ PRESETS = {
     "ci": Preset(
         name="ci",
         model=dict(n_layer=2, n_head=4, d_model=64, block_size=64, dropout=0.0),
-        train=dict(steps=250, batch_size=32, lr=3e-3, min_lr=3e-4, warmup_steps=20, weight_decay=0.0,
+        train=dict(steps=250, batch_size=32, lr=1e-2, min_lr=1e-3, warmup_steps=20, weight_decay=0.0,
                    eval_every=125, eval_batches=8),
         corpus_chars=100_000,
         sample_tokens=120,
