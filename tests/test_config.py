@@ -1,0 +1,140 @@
+"""ModelConfig / TrainConfig: one clear ValueError per bad value, dict round trips, replace()."""
+import re
+
+import pytest
+
+from helpers import single_thread  # noqa: F401 (autouse fixture)
+from workbench.config import ModelConfig, TrainConfig, config_json
+from workbench.models.attention import ATTENTION
+
+
+def _error(cls, **values) -> str:
+    with pytest.raises(ValueError) as info:
+        cls(**values)
+    assert type(info.value) is ValueError
+    return str(info.value)
+
+
+@pytest.mark.parametrize("values, field, shown", [
+    (dict(d_model=30, n_head=4), "n_head", "4"),
+    (dict(n_head=4, n_kv_head=3), "n_kv_head", "3"),
+    (dict(vocab_size=0), "vocab_size", "0"),
+    (dict(block_size=-4), "block_size", "-4"),
+    (dict(n_layer=0), "n_layer", "0"),
+    (dict(d_model=0), "d_model", "0"),
+    (dict(n_head=0), "n_head", "0"),
+    (dict(n_kv_head=0), "n_kv_head", "0"),
+    (dict(d_ff=0), "d_ff", "0"),
+    (dict(n_layer=True), "n_layer", "True"),
+    (dict(vocab_size=32.0), "vocab_size", "32.0"),
+    (dict(dropout=1.0), "dropout", "1.0"),
+    (dict(dropout=-0.1), "dropout", "-0.1"),
+    (dict(norm_eps=0.0), "norm_eps", "0.0"),
+    (dict(d_model=36, n_head=4, position="rope"), "position", "'rope'"),
+])
+def test_model_config_rejects_bad_values_naming_field_and_value(values, field, shown):
+    message = _error(ModelConfig, **values)
+    assert f"ModelConfig.{field}=" in message
+    assert shown in message
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("norm", "batchnorm", ["layernorm", "rmsnorm"]),
+    ("mlp", "relu", ["gelu", "swiglu"]),
+    ("position", "alibi2", ["learned", "rope", "none"]),
+    ("attention", "flash", ATTENTION.names()),
+])
+def test_unknown_variant_names_list_the_allowed_ones(field, value, allowed):
+    message = _error(ModelConfig, **{field: value})
+    assert f"ModelConfig.{field}={value!r}" in message
+    for name in allowed:
+        assert repr(name) in message
+
+
+def test_rope_head_dim_message_shows_the_odd_head_dim():
+    message = _error(ModelConfig, d_model=36, n_head=4, position="rope")
+    assert "9" in message and "even" in message
+    ModelConfig(d_model=36, n_head=4, position="learned")  # odd head_dim is fine without RoPE
+
+
+def test_d_model_not_divisible_suggests_valid_head_counts():
+    message = _error(ModelConfig, d_model=30, n_head=4)
+    assert "d_model=30" in message
+    assert re.search(r"\[1, 2, 3, 5, 6, 10, 15, 30\]", message)
+
+
+@pytest.mark.parametrize("values, field", [
+    (dict(lr=1e-3, min_lr=2e-3), "min_lr"),
+    (dict(lr=0.0), "lr"),
+    (dict(lr=-1.0), "lr"),
+    (dict(steps=0), "steps"),
+    (dict(batch_size=True), "batch_size"),
+    (dict(grad_accum=0), "grad_accum"),
+    (dict(warmup_steps=-1), "warmup_steps"),
+    (dict(beta2=1.0), "beta2"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(device="tpu"), "device"),
+    (dict(dtype="float16"), "dtype"),
+])
+def test_train_config_rejects_bad_values(values, field):
+    message = _error(TrainConfig, **values)
+    assert f"TrainConfig.{field}=" in message
+    assert repr(values[field]) in message
+
+
+def test_min_lr_message_names_lr():
+    message = _error(TrainConfig, lr=1e-3, min_lr=2e-3)
+    assert "0.002" in message and "lr=0.001" in message
+
+
+def test_from_dict_rejects_unknown_field():
+    with pytest.raises(ValueError, match="n_heads") as info:
+        ModelConfig.from_dict({"n_heads": 4})
+    assert "n_head" in str(info.value).split("known fields")[1]
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_defaults_are_derived():
+    config = ModelConfig(d_model=64, n_head=4)
+    assert config.n_kv_head == 4
+    assert config.d_ff == 256
+    assert config.head_dim == 16
+    swiglu = ModelConfig(d_model=64, n_head=4, mlp="swiglu")
+    assert swiglu.d_ff == 192  # 8/3 * 64 = 170.7 -> rounded up to a multiple of 32
+
+
+@pytest.mark.parametrize("config", [
+    ModelConfig(vocab_size=50, n_head=8, n_kv_head=2, norm="rmsnorm", mlp="swiglu", position="rope",
+                dropout=0.1, tie_embeddings=False, bias=False),
+    ModelConfig(),
+    TrainConfig(steps=7, lr=3e-4, min_lr=0.0, device="cpu"),
+])
+def test_dict_round_trip(config):
+    again = type(config).from_dict(config.to_dict())
+    assert again == config
+    assert config_json(again) == config_json(config)
+
+
+def test_replace_changes_one_field_and_validates():
+    base = ModelConfig(vocab_size=40, d_model=64, n_head=4)
+    changed = base.replace(n_layer=2)
+    assert changed.n_layer == 2 and base.n_layer == 4
+    assert {k: v for k, v in changed.to_dict().items() if k != "n_layer"} == \
+        {k: v for k, v in base.to_dict().items() if k != "n_layer"}
+    with pytest.raises(ValueError, match="n_head"):
+        base.replace(n_head=3)
+    with pytest.raises(ValueError, match="no field"):
+        base.replace(width=3)
+    assert TrainConfig().replace(lr=1e-2).lr == 1e-2
+
+
+def test_replace_rederives_fields_that_were_left_to_their_defaults():
+    """d_ff and n_kv_head that the user never set follow the new shape, as in a fresh config."""
+    base = ModelConfig(d_model=32, n_head=4)
+    for changes in (dict(d_model=64), dict(n_head=8), dict(mlp="swiglu"), dict(d_model=64, n_head=2)):
+        assert base.replace(**changes) == ModelConfig(**{**dict(d_model=32, n_head=4), **changes})
+    # values the user did set are kept
+    explicit = ModelConfig(d_model=32, n_head=4, n_kv_head=2, d_ff=100)
+    wider = explicit.replace(d_model=64)
+    assert wider.n_kv_head == 2 and wider.d_ff == 100
