@@ -20,8 +20,31 @@ POSITIONS = ("learned", "rope", "none")
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 
 
+class _Config:
+    """JSON round trips and copies, shared by every config dataclass."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; "
+                f"known fields are: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any):
+        """A copy with ``changes``; fields that were left to derived defaults are derived again."""
+        derived = {name: None for name in getattr(self, "_derived", ()) if name not in changes}
+        return type(self).from_dict({**self.to_dict(), **derived, **changes})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Config):
     """The shape of a Transformer language model.
 
     Defaults give nanoGPT's CPU "baby GPT" shape (4 layers, 4 heads, width 128).
@@ -88,17 +111,6 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
-        return _from_dict(cls, values)
-
-    def replace(self, **changes: Any) -> "ModelConfig":
-        """A copy with ``changes``; n_kv_head / d_ff that were left to their defaults are derived again."""
-        derived = {name: None for name in getattr(self, "_derived", ()) if name not in changes}
-        return _from_dict(type(self), {**self.to_dict(), **derived, **changes})
 
 
 def _swiglu_width(d_model: int) -> int:
@@ -108,7 +120,7 @@ def _swiglu_width(d_model: int) -> int:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Config):
     """How to train: optimizer, schedule, batch, evaluation and checkpoints."""
 
     steps: int = 2000
@@ -147,27 +159,6 @@ class TrainConfig:
         check_positive(owner, "grad_clip", self.grad_clip, allow_zero=True)
         check_choice(owner, "device", self.device, ("auto", "cpu", "cuda", "mps"))
         check_choice(owner, "dtype", self.dtype, ("auto", "float32", "bfloat16"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, values)
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return _from_dict(type(self), {**self.to_dict(), **changes})
-
-
-def _from_dict(cls, values: dict[str, Any]):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(
-            f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}; "
-            f"known fields are: {', '.join(sorted(known))}"
-        )
-    return cls(**values)
 
 
 def config_json(config) -> str:

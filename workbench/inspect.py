@@ -14,6 +14,20 @@ import torch
 from .generate import filter_logits
 
 
+def _run(model, tokenizer, text: str, empty_message: str, **forward_options):
+    """Encode ``text`` (cropped to the context), run the model in eval mode, restore its mode."""
+    ids = tokenizer.encode(text)[-model.config.block_size:]
+    if not ids:
+        raise ValueError(empty_message)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        return ids, model(torch.tensor([ids], device=device), **forward_options)
+    finally:
+        model.train(was_training)
+
+
 @dataclass
 class AttentionMaps:
     probs: np.ndarray        # (layers, heads, T, T)
@@ -23,16 +37,8 @@ class AttentionMaps:
 @torch.no_grad()
 def attention_maps(model, tokenizer, text: str, attention_mode: str = "causal") -> AttentionMaps:
     """Every layer's and head's attention probabilities over ``text`` (cropped to block_size)."""
-    ids = tokenizer.encode(text)[-model.config.block_size:]
-    if not ids:
-        raise ValueError("the text is empty; type a few characters to look at their attention")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        out = model(torch.tensor([ids], device=device), attention_mode=attention_mode, return_attentions=True)
-    finally:
-        model.train(was_training)
+    ids, out = _run(model, tokenizer, text, "the text is empty; type a few characters to look at their attention",
+                    attention_mode=attention_mode, return_attentions=True)
     probs = torch.stack([a[0] for a in out.attentions]).float().cpu().numpy()
     return AttentionMaps(probs=probs, tokens=tokenizer.token_strings(ids))
 
@@ -49,16 +55,8 @@ class NextTokenDistribution:
 def next_token_distribution(model, tokenizer, text: str, temperature: float = 1.0, top_k: Optional[int] = None,
                             top_p: Optional[float] = None, show: int = 20) -> NextTokenDistribution:
     """The distribution the sampler draws the next token from, for the ``show`` likeliest tokens."""
-    ids = tokenizer.encode(text)[-model.config.block_size:]
-    if not ids:
-        raise ValueError("the prompt is empty; type at least one character")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
-    finally:
-        model.train(was_training)
+    _, out = _run(model, tokenizer, text, "the prompt is empty; type at least one character")
+    logits = out.logits[0, -1].float().cpu()
     raw = logits.softmax(-1)
     if temperature == 0:
         final = torch.zeros_like(raw)
