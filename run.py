@@ -7,6 +7,9 @@
     python3 run.py test [pytest args]   set up, then run the unit tests and every
                                         notebook under nbval with the `ci` preset
     python3 run.py bench [args]         set up, then run `workbench bench`
+    python3 run.py publish [notebooks]  set up (plus kaleido), then execute the notebooks
+                                        under the `cpu` preset and save their outputs
+                                        with static figures (needs Chrome or Chromium)
     python3 run.py setup [--force]      only create/update the virtual environment
 
 "Set up" means: create a virtual environment in .venv (or in $WORKBENCH_VENV)
@@ -438,6 +441,18 @@ def cmd_bench(args: list[str]) -> int:
     return _workbench("bench", args)
 
 
+def cmd_publish(args: list[str]) -> int:
+    python = setup()
+    if subprocess.call([str(python), "-c", "import kaleido"], stderr=subprocess.DEVNULL) != 0:
+        log("installing the `publish` extra (kaleido renders figures to PNG)")
+        rc = subprocess.call([str(python), "-m", "pip", "install", "-q", "-c", "constraints.txt", "-e",
+                              ".[dev,publish]"], cwd=ROOT)
+        if rc != 0:
+            _fail(f"pip install of the publish extra failed (exit {rc}); see pip's output above", rc)
+    log("$ python -m workbench.publish " + " ".join(args))
+    return replace_with([str(python), "-m", "workbench.publish", *args], cwd=ROOT)
+
+
 def cmd_test(args: list[str]) -> int:
     python = setup()
     argv = pytest_argv(python, args, ROOT, Path.cwd())
@@ -459,6 +474,7 @@ COMMANDS = {
     "tour": cmd_tour,
     "test": cmd_test,
     "bench": cmd_bench,
+    "publish": cmd_publish,
 }
 
 

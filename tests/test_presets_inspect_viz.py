@@ -130,3 +130,52 @@ def test_widgets_build_without_a_frontend(model_and_tokenizer):
     assert "Mia" in sampler.children[4].value
     sampler.children[0].value = "Mia ☕"  # unknown character: shown as a message, not raised
     assert "not in the vocabulary" in sampler.children[4].value or "☕" in sampler.children[4].value
+
+
+def test_static_mode_leaves_plain_figures_instead_of_widgets(model_and_tokenizer, monkeypatch):
+    """WORKBENCH_STATIC_FIGURES=1 (run.py publish): no live FigureWidget, the final curve as a plain Figure."""
+    import workbench.viz.widgets as viz_widgets
+
+    shown = []
+    monkeypatch.setattr(viz_widgets, "display", shown.append)
+    history = {"train": [{"step": s, "loss": 3.0 - s / 10} for s in range(1, 6)], "eval": []}
+    trainer = type("FakeTrainer", (), {"config": type("C", (), {"steps": 5})(), "history": history})()
+
+    monkeypatch.setenv(viz_widgets.STATIC_ENV, "1")
+    plot = viz_widgets.LiveLossPlot(floor=0.5)
+    plot.on_train_begin(trainer)
+    plot.on_step(trainer, {"step": 5})
+    plot.on_train_end(trainer)
+    assert plot.figure is None and len(shown) == 1
+    assert type(shown[0]) is go.Figure and list(shown[0].data[0].x) == [1, 2, 3, 4, 5]
+    model, tokenizer = model_and_tokenizer
+    viz_widgets.attention_explorer(model, tokenizer, "Mia")
+    assert len(shown) == 2 and type(shown[1]) is go.Figure  # a static copy of the explorer's first view
+
+    shown.clear()
+    monkeypatch.setenv(viz_widgets.STATIC_ENV, "0")
+    live = viz_widgets.LiveLossPlot()
+    live.on_train_begin(trainer)
+    live.on_train_end(trainer)
+    assert len(shown) == 1 and isinstance(shown[0], go.FigureWidget)
+    assert list(live.figure.data[0].x) == [1, 2, 3, 4, 5]
+    viz_widgets.attention_explorer(model, tokenizer, "Mia")
+    assert len(shown) == 1  # interactive mode: the widget alone
+
+
+def test_publish_strips_widget_views_and_state():
+    import nbformat
+
+    from workbench.publish import WIDGET_VIEW, strip_live_outputs
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    widget_out = nbformat.v4.new_output("display_data", data={WIDGET_VIEW: {"model_id": "x"}, "text/plain": "VBox()"})
+    figure_out = nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "Figure"})
+    text_out = nbformat.v4.new_output("stream", name="stdout", text="ok\n")
+    nb.cells = [nbformat.v4.new_code_cell("x", outputs=[widget_out, figure_out, text_out]),
+                nbformat.v4.new_markdown_cell("# title")]
+    assert strip_live_outputs(nb) == 1
+    assert nb.cells[0].outputs == [figure_out, text_out]
+    assert "widgets" not in nb.metadata
+    assert strip_live_outputs(nb) == 0

@@ -44,14 +44,16 @@ def attention_figure(probs: np.ndarray, query_labels: Sequence[str], key_labels:
                      title: str = "Attention") -> go.Figure:
     """Heatmap of one head's attention probabilities: rows are queries, columns keys."""
     probs = np.asarray(probs)
+    tick_font = dict(size=max(7, min(12, 480 // max(1, len(key_labels)))))  # long prompts: smaller labels
     fig = go.Figure(go.Heatmap(z=probs, x=list(range(len(key_labels))), y=list(range(len(query_labels))),
                                colorscale="Blues", zmin=0.0, zmax=1.0, colorbar=dict(title="p"),
                                customdata=np.array([[f"{q} -> {k}" for k in key_labels] for q in query_labels]),
                                hovertemplate="%{customdata}: %{z:.3f}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, title=title, height=480, width=560,
-                      xaxis=dict(title="key", tickvals=list(range(len(key_labels))), ticktext=list(key_labels)),
+                      xaxis=dict(title="key", tickvals=list(range(len(key_labels))), ticktext=list(key_labels),
+                                 tickfont=tick_font),
                       yaxis=dict(title="query", autorange="reversed", tickvals=list(range(len(query_labels))),
-                                 ticktext=list(query_labels)),
+                                 ticktext=list(query_labels), tickfont=tick_font),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
 

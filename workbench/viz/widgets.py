@@ -7,10 +7,18 @@
 
 Widgets live only here; everything they show is computed by library functions
 that tests call directly.
+
+**Static snapshots.** Widget views need a live kernel: GitHub, nbviewer and a
+reopened notebook show nothing where a widget was. With the environment
+variable ``WORKBENCH_STATIC_FIGURES=1`` (set by ``python3 run.py publish``,
+which executes the notebooks whose outputs are committed) ``LiveLossPlot``
+draws its final curve as an ordinary figure instead of a live widget, and
+each explorer also displays a static copy of its first view.
 """
 from __future__ import annotations
 
 import html
+import os
 from typing import Optional
 
 import ipywidgets as widgets
@@ -22,6 +30,19 @@ from ..inspect import attention_maps, next_token_distribution
 from ..train.callbacks import Callback
 from .figures import attention_figure, distribution_figure, loss_figure, smooth
 
+STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
+
+
+def static_figures() -> bool:
+    """True when widgets should also leave static figures behind (``WORKBENCH_STATIC_FIGURES=1``)."""
+    return os.environ.get(STATIC_ENV, "") not in ("", "0")
+
+
+def _show_static(figure) -> None:
+    """Display a plain (non-widget) copy of ``figure`` when static snapshots are on."""
+    if static_figures():
+        display(go.Figure(figure))
+
 
 class LiveLossPlot(Callback):
     """Draws the training and validation loss as they arrive (about ``updates`` redraws per run)."""
@@ -32,6 +53,8 @@ class LiveLossPlot(Callback):
 
     def on_train_begin(self, trainer) -> None:
         self.every = max(1, trainer.config.steps // self.updates)
+        if static_figures():  # no live widget: the final curve is drawn once, at the end
+            return
         if self.figure is None:
             self.figure = go.FigureWidget(loss_figure(trainer.history, self.floor, self.title,
                                                       smoothing=self.smoothing))
@@ -45,9 +68,14 @@ class LiveLossPlot(Callback):
         self.redraw(trainer.history)
 
     def on_train_end(self, trainer) -> None:
+        if static_figures():
+            display(loss_figure(trainer.history, self.floor, self.title, smoothing=self.smoothing))
+            return
         self.redraw(trainer.history)
 
     def redraw(self, history: dict) -> None:
+        if self.figure is None:
+            return
         train, evals = history["train"], history["eval"]
         with self.figure.batch_update():
             self.figure.data[0].x = [r["step"] for r in train]
@@ -95,6 +123,7 @@ def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 
         control.observe(redraw, names="value")
     button.on_click(sample)
     redraw()
+    _show_static(figure)
     return widgets.VBox([prompt_box, widgets.HBox([temperature, top_k, top_p]), widgets.HBox([seed, button]),
                          figure, text_out])
 
@@ -134,4 +163,5 @@ def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
     head.observe(redraw, names="value")
     prompt_box.observe(recompute, names="value")
     redraw()
+    _show_static(figure)
     return widgets.VBox([prompt_box, widgets.HBox([layer, head]), message, figure])
