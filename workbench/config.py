@@ -15,9 +15,11 @@ from typing import Any, Optional
 from .validation import check_choice, check_int, check_positive, check_range
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "swiglu")
-POSITIONS = ("learned", "rope", "none")
+MLPS = ("gelu", "gelu_exact", "swiglu")
+POSITIONS = ("learned", "rope", "alibi", "none")
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
+NORM_PLACEMENTS = ("pre", "post")
+HEADS = ("linear", "mlm")
 
 
 class _Config:
@@ -63,17 +65,28 @@ class ModelConfig(_Config):
     mlp: str = "gelu"
     position: str = "learned"
     rope_base: float = 10000.0
-    attention: str = "mha"
+    attention: str = "mha"         # token mixer, by name: see workbench.models.ATTENTION.names()
     tie_embeddings: bool = True
     bias: bool = True              # biases in linear layers and LayerNorm (GPT-2 style)
     init_std: float = 0.02
+    norm_placement: str = "pre"    # pre: x + f(norm(x)) (GPT-2, Llama) | post: norm(x + f(x)) (BERT)
+    head: str = "linear"           # linear | mlm: BERT's dense + activation + norm before the decoder (+ bias)
+    # Knobs of single attention variants (ignored by the others; None = derived default)
+    window: Optional[int] = None         # sliding_window: query i reads keys i - window < j <= i (None: block/4)
+    chunk_size: int = 32                 # linear, gla, delta, ssd: tokens per chunk of the chunked form
+    kv_lora_rank: Optional[int] = None   # mla: width d_c of the cached key/value latent (None: 4 * head_dim)
+    q_lora_rank: Optional[int] = None    # mla: width of the query latent (None: kv_lora_rank; 0: full-rank queries)
+    rope_head_dim: Optional[int] = None  # mla: width d_r of the decoupled RoPE query/key (None: head_dim / 2)
+    ssm_state: int = 16                  # ssd: state size N per head
+    conv_kernel: int = 4                 # ssd: width of the causal depthwise convolution
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
             check_int(owner, name, getattr(self, name))
         # fields left to their defaults are re-derived by replace() (not a dataclass field)
-        self._derived = tuple(name for name in ("n_kv_head", "d_ff") if getattr(self, name) is None)
+        self._derived = tuple(name for name in ("n_kv_head", "d_ff", "window", "kv_lora_rank", "q_lora_rank",
+                                                "rope_head_dim") if getattr(self, name) is None)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         check_int(owner, "n_kv_head", self.n_kv_head)
@@ -89,7 +102,7 @@ class ModelConfig(_Config):
                 f"a multiple of n_kv_head (each key/value head serves a whole group of query heads)"
             )
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _swiglu_width(self.d_model)
+            self.d_ff = _swiglu_width(self.d_model) if self.mlp == "swiglu" else 4 * self.d_model
         check_int(owner, "d_ff", self.d_ff)
         check_range(owner, "dropout", self.dropout, 0.0, 1.0, high_open=True)
         check_positive(owner, "norm_eps", self.norm_eps)
@@ -103,9 +116,43 @@ class ModelConfig(_Config):
                 f"ModelConfig.position='rope' needs an even head_dim, got d_model/n_head = {self.head_dim}; "
                 "change d_model or n_head"
             )
-        from .models.attention import ATTENTION  # late import: the registry lives with the variants
+        check_choice(owner, "norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        check_choice(owner, "head", self.head, HEADS)
+        for name in ("chunk_size", "ssm_state", "conv_kernel"):
+            check_int(owner, name, getattr(self, name))
+        if self.window is None:
+            self.window = max(1, self.block_size // 4)
+        if self.kv_lora_rank is None:
+            self.kv_lora_rank = 4 * self.head_dim
+        if self.q_lora_rank is None:
+            self.q_lora_rank = self.kv_lora_rank
+        if self.rope_head_dim is None:
+            self.rope_head_dim = max(2, self.head_dim // 2 // 2 * 2)
+        check_int(owner, "window", self.window)
+        check_int(owner, "kv_lora_rank", self.kv_lora_rank)
+        check_int(owner, "q_lora_rank", self.q_lora_rank, minimum=0)
+        check_int(owner, "rope_head_dim", self.rope_head_dim, minimum=2)
+        if self.rope_head_dim % 2:
+            raise ValueError(f"ModelConfig.rope_head_dim={self.rope_head_dim!r} is invalid: RoPE rotates channel "
+                             "pairs, so it must be even")
+        self._check_attention_variant()
 
-        check_choice(owner, "attention", self.attention, ATTENTION.names())
+    def _check_attention_variant(self) -> None:
+        """The variant exists and supports the chosen positions (each variant class declares what it supports)."""
+        from .models import ATTENTION  # late import: the registry lives with the variants
+
+        check_choice("ModelConfig", "attention", self.attention, ATTENTION.names())
+        variant = ATTENTION.get(self.attention)
+        if self.position not in variant.positions:
+            raise ValueError(
+                f"ModelConfig.position={self.position!r} is invalid with attention={self.attention!r}: "
+                f"{variant.position_note} Allowed positions: {', '.join(map(repr, variant.positions))}"
+            )
+        if not variant.grouped_kv and self.n_kv_head != self.n_head:
+            raise ValueError(
+                f"ModelConfig.n_kv_head={self.n_kv_head!r} is invalid with attention={self.attention!r}: it has no "
+                f"key/value heads to share; leave n_kv_head unset (= n_head = {self.n_head})"
+            )
 
     @property
     def head_dim(self) -> int:

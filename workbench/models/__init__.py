@@ -1,4 +1,8 @@
-"""Model parts: attention variants, positions, norms, MLPs, and the GPT that joins them."""
+"""Model parts: attention variants, positions, norms, MLPs, and the GPT that joins them.
+
+Importing this package registers every attention variant in ``ATTENTION``.
+"""
+from . import sliding_window  # noqa: F401 (registers its variant)
 from .attention import ATTENTION, AttentionContext, attention_mask
 from .mlp import MLP
 from .norms import NORM, RMSNorm

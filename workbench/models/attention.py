@@ -12,13 +12,35 @@ serve every objective in the workbench:
 * ``prefix``        j <= i  or  j < P       (prefix LM / non-causal decoder;
                                              P = 0 is exactly causal)
 
-A key-padding mask removes [PAD] keys on top of that.
+A key-padding mask removes [PAD] keys on top of that; a sliding window
+(``window=W``: i - W < j <= i) and ALiBi's distance bias (``ctx.alibi``,
+see ``positions.py``) are added to the same scores.
 
-Variants register themselves by name in ``ATTENTION``; a config picks one
-with ``attention="mha"``. Every variant takes ``(x, ctx, cache)`` and
-returns ``(output, probabilities or None)``; it runs PyTorch's fused
-``scaled_dot_product_attention`` unless the caller asked to see the
-attention probabilities, in which case it runs the plain equation above.
+**The variant contract.** Token mixers register themselves by name in
+``ATTENTION``; a config picks one with ``attention="mha"``, and a notebook
+dropdown lists ``ATTENTION.names()``. A variant is an ``nn.Module`` built as
+``Variant(config, layer_index)`` that provides
+
+* ``forward(x, ctx, cache=None, cache_start=0) -> (output, weights or None)``:
+  ``weights`` (B, heads, T_q, T_k) only when ``ctx.need_weights``: the
+  attention probabilities, or for attention-free mixers the equivalent
+  token-mixing matrix (output_i = sum_j weights_ij * value_j);
+* ``new_cache(batch, max_len, device, dtype)``: its generation state (a KV
+  cache, a rolling window, a compressed latent or a recurrent state), an
+  object with ``nbytes()``;
+* ``cache_bytes(context, element_size)``: what that state holds after
+  ``context`` tokens, by formula (tests compare it with ``nbytes()``);
+* ``attention_flops_per_token(context)``: forward FLOPs of the mixing
+  itself for one token (the projections are counted by the model);
+
+and class attributes that configs and the model check up front:
+``positions`` (the position schemes it works with, and ``position_note``
+saying why not the others), ``modes`` (the attention modes it can run) and
+``grouped_kv`` (whether ``n_kv_head`` < ``n_head`` means anything to it).
+
+This file holds the masks, the shared softmax kernel and multi-head
+attention with grouped KV heads; the other variants have a file each
+(``sliding_window.py``, ``mla.py``, ``linear_attention.py``, ``ssd.py``).
 """
 from __future__ import annotations
 
@@ -45,22 +67,43 @@ class AttentionContext:
     key_padding: Optional[torch.Tensor]     # (B, T_keys) bool, True = real token
     rope: Optional[tuple[torch.Tensor, torch.Tensor]]  # cos, sin for the query positions
     need_weights: bool = False
+    alibi: Optional[torch.Tensor] = None    # (heads,) ALiBi slopes, or None
 
-    def mask(self, n_keys: int) -> Optional[torch.Tensor]:
-        """Boolean mask (B|1, 1, T_q, T_keys), True where attention is allowed; None = all allowed."""
-        return attention_mask(self.mode, self.positions, n_keys, self.prefix_len, self.key_padding)
+    def mask(self, n_keys: int, key_positions: Optional[torch.Tensor] = None,
+             window: Optional[int] = None) -> Optional[torch.Tensor]:
+        """Boolean mask (B|1, 1, T_q, T_keys), True where attention is allowed; None = all allowed.
+
+        Keys sit at positions 0..n_keys-1 unless ``key_positions`` says otherwise (a rolling cache).
+        """
+        return attention_mask(self.mode, self.positions, n_keys, self.prefix_len, self.key_padding,
+                              key_positions=key_positions, window=window)
 
     def is_plain_causal(self, n_keys: int) -> bool:
         """True when SDPA's built-in causal mask is exactly the mask we want."""
         n_queries = self.positions.numel()
-        return (self.mode == "causal" and self.key_padding is None and n_keys == n_queries)
+        return (self.mode == "causal" and self.key_padding is None and n_keys == n_queries and self.alibi is None)
+
+    def check_mode(self, variant) -> None:
+        """One clear error when ``variant`` cannot run in this attention mode."""
+        if self.mode not in variant.modes:
+            raise ValueError(
+                f"attention_mode={self.mode!r} is not possible with {type(variant).__name__}: it runs only "
+                f"{' / '.join(variant.modes)} ({variant.mode_note}). For a bidirectional or prefix model pick "
+                "attention='mha' or 'mla'"
+            )
 
 
 def attention_mask(mode: str, query_positions: torch.Tensor, n_keys: int,
                    prefix_len: Optional[torch.Tensor] = None,
-                   key_padding: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-    """The allowed-attention pattern as a boolean tensor (True = may attend)."""
-    key_positions = torch.arange(n_keys, device=query_positions.device)
+                   key_padding: Optional[torch.Tensor] = None, *,
+                   key_positions: Optional[torch.Tensor] = None,
+                   window: Optional[int] = None) -> Optional[torch.Tensor]:
+    """The allowed-attention pattern as a boolean tensor (True = may attend).
+
+    ``window`` W keeps only keys with i - W < j (sliding-window attention, on top of the causal mask).
+    """
+    if key_positions is None:
+        key_positions = torch.arange(n_keys, device=query_positions.device)
     q = query_positions[:, None]
     k = key_positions[None, :]
     if mode == "causal":
@@ -76,6 +119,9 @@ def attention_mask(mode: str, query_positions: torch.Tensor, n_keys: int,
         raise ValueError(
             f"attention_mode={mode!r} is invalid: allowed values are 'causal', 'bidirectional', 'prefix'"
         )
+    if window is not None:
+        in_window = (k > q - window)[None, None]
+        allowed = in_window if allowed is None else allowed & in_window
     if key_padding is not None:
         pad = key_padding[:, None, None, :n_keys].bool()
         # A query may always see itself, so a [PAD] query row is never empty (no NaN).
@@ -85,21 +131,30 @@ def attention_mask(mode: str, query_positions: torch.Tensor, n_keys: int,
 
 
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
-                       dropout: float = 0.0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """softmax(q k^T / sqrt(d) + M) v for q (B, H, Tq, d) and k, v (B, H, Tk, d).
+                       dropout: float = 0.0, *, key_positions: Optional[torch.Tensor] = None,
+                       window: Optional[int] = None,
+                       scale: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """softmax(q k^T * scale + bias + M) v for q (B, H, Tq, d) and k (B, H, Tk, d), v (B, H, Tk, d_v).
 
-    Uses the fused kernel unless ``ctx.need_weights``; both paths compute the
-    same numbers (tested). ``dropout`` applies to the probabilities (training only).
+    ``scale`` defaults to 1/sqrt(d); ``bias`` is ALiBi's slope_h * (j - i) when
+    ``ctx.alibi`` is set. Uses the fused kernel unless ``ctx.need_weights``;
+    both paths compute the same numbers (tested). ``dropout`` applies to the
+    probabilities (training only).
     """
     n_keys = k.shape[-2]
+    key_positions = torch.arange(n_keys, device=q.device) if key_positions is None else key_positions
+    if not ctx.need_weights and window is None and ctx.is_plain_causal(n_keys):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale), None
+    mask = ctx.mask(n_keys, key_positions, window)
+    if ctx.alibi is not None:
+        distance = (key_positions[None, :] - ctx.positions[:, None]).to(q.dtype)  # j - i
+        bias = ctx.alibi.to(q.dtype).view(-1, 1, 1) * distance                    # (H, Tq, Tk)
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     if not ctx.need_weights:
-        if ctx.is_plain_causal(n_keys):
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask(n_keys), dropout_p=dropout), None
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    mask = ctx.mask(n_keys)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale), None
+    scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     probs = scores.float().softmax(dim=-1).to(q.dtype)
     out = F.dropout(probs, p=dropout) @ v if dropout > 0 else probs @ v
     return out, probs
@@ -134,9 +189,17 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention; with n_kv_head < n_head, grouped-query attention.
 
     Query head h reads key/value head h // (n_head / n_kv_head) (GQA, Ainslie
-    et al. 2023); n_kv_head = n_head is the original multi-head attention.
-    Q, K and V come from one fused projection, split by size.
+    et al. 2023); n_kv_head = 1 is multi-query attention (Shazeer 2019) and
+    n_kv_head = n_head the original multi-head attention. The KV cache holds
+    2 * n_kv_head * head_dim numbers per token and layer, so GQA and MQA cut
+    it by n_head / n_kv_head. Q, K and V come from one fused projection.
     """
+
+    positions = ("learned", "rope", "alibi", "none")
+    position_note = ""
+    modes = ("causal", "bidirectional", "prefix")
+    mode_note = ""
+    grouped_kv = True
 
     def __init__(self, config, layer_index: int = 0):
         super().__init__()
@@ -150,6 +213,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[LayerKVCache] = None,
                 cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        q, k, v = self.project(x, ctx)
+        if cache is not None:
+            k, v = cache.update(k, v, cache_start)
+        return self.attend(q, k, v, ctx)
+
+    def project(self, x: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, n_head, T, d) and keys, values (B, n_kv_head, T, d), RoPE applied if the model uses it."""
         B, T, C = x.shape
         kv_width = self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=-1)
@@ -159,22 +229,25 @@ class MultiHeadAttention(nn.Module):
         if ctx.rope is not None:
             cos, sin = ctx.rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, cache_start)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
+               **mask_options) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Each query head reads its key/value head (repeat_interleave: head h reads h // groups); merge heads."""
         if self.n_kv_head != self.n_head:
             groups = self.n_head // self.n_kv_head
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        out, probs = scaled_dot_product(q, k, v, ctx, self.dropout if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, T, C)
-        return self.proj(out), probs
+        out, probs = scaled_dot_product(q, k, v, ctx, self.dropout if self.training else 0.0, **mask_options)
+        B, H, T, d = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, T, H * d)), probs
 
     def new_cache(self, batch: int, max_len: int, device, dtype) -> LayerKVCache:
         return LayerKVCache(batch, self.n_kv_head, max_len, self.head_dim, device, dtype)
 
-    def kv_bytes_per_token(self, bytes_per_element: int) -> int:
-        """2 (keys and values) * n_kv_head * head_dim * element size."""
-        return 2 * self.n_kv_head * self.head_dim * bytes_per_element
+    def cache_bytes(self, context: int, element_size: int) -> int:
+        """2 (keys and values) * n_kv_head * head_dim * element size per cached token."""
+        return 2 * self.n_kv_head * self.head_dim * element_size * context
 
     def attention_flops_per_token(self, context: int) -> int:
         """Forward FLOPs of q k^T and probs @ v for one query against ``context`` keys."""

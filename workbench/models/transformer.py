@@ -9,6 +9,17 @@ and the LM head maps the final normalized state to one logit per vocabulary
 entry. With ``tie_embeddings`` the head reuses the token embedding matrix
 (Press & Wolf 2017).
 
+``norm_placement="post"`` gives the original Transformer's and BERT's order
+instead (Vaswani et al. 2017; Devlin et al. 2019): the embeddings are
+normalized, and each sub-layer's residual sum is normalized after the add,
+
+    h = Norm(x + Attention(x)),   y = Norm(h + MLP(h)),
+
+with no final norm. ``head="mlm"`` adds BERT's prediction head transform,
+Norm(act(W h + b)), before the decoder, which then has a bias of its own.
+The same model is a GPT with ``attention_mode="causal"`` and a BERT-style
+encoder with ``attention_mode="bidirectional"``.
+
 For teaching, ``forward`` can return every block's attention probabilities
 (``return_attentions``) and the residual stream after the embedding and
 after each block (``return_hidden_states``), and the model reports its
@@ -25,14 +36,15 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import ATTENTION, AttentionContext
-from .mlp import make_mlp
+from .mlp import activation, make_mlp
 from .norms import make_norm
-from .positions import LearnedPositions, RotaryEmbedding
+from .positions import LearnedPositions, RotaryEmbedding, alibi_slopes
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
+        self.post_norm = config.norm_placement == "post"
         self.norm1 = make_norm(config)
         self.attn = ATTENTION.get(config.attention)(config, layer_index)
         self.norm2 = make_norm(config)
@@ -40,10 +52,27 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, ctx: AttentionContext, cache=None, cache_start: int = 0):
+        if self.post_norm:
+            attended, probs = self.attn(x, ctx, cache, cache_start)
+            x = self.norm1(x + self.dropout(attended))
+            return self.norm2(x + self.dropout(self.mlp(x))), probs
         attended, probs = self.attn(self.norm1(x), ctx, cache, cache_start)
         x = x + self.dropout(attended)
         x = x + self.dropout(self.mlp(self.norm2(x)))
         return x, probs
+
+
+class MLMHeadTransform(nn.Module):
+    """BERT's prediction-head transform (Devlin et al. 2019): Norm(act(W h + b)), applied before the decoder."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model, bias=True)
+        self.act = activation(config)
+        self.norm = make_norm(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.dense(x)))
 
 
 class Cache:
@@ -73,10 +102,15 @@ class GPT(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = LearnedPositions(config.block_size, config.d_model) if config.position == "learned" else None
         self.rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.position == "rope" else None
+        if config.position == "alibi":
+            self.register_buffer("alibi", alibi_slopes(config.n_head), persistent=False)
+        else:
+            self.alibi = None
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.norm = make_norm(config)  # pre-norm: after the last block; post-norm: on the embeddings
+        self.head_transform = MLMHeadTransform(config) if config.head == "mlm" else None
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.head == "mlm")
         if config.tie_embeddings:
             self.lm_head.weight = self.token_embedding.weight
         self.apply(self._init_weights)
@@ -120,6 +154,8 @@ class GPT(nn.Module):
         positions = torch.arange(start, start + T, device=x.device)
         if self.positions is not None:
             x = x + self.positions(positions)
+        if self.config.norm_placement == "post":
+            x = self.norm(x)
         x = self.dropout(x)
         if isinstance(prefix_len, int):
             prefix_len = torch.full((B,), prefix_len, device=x.device, dtype=torch.long)
@@ -130,9 +166,11 @@ class GPT(nn.Module):
             key_padding=key_padding_mask,
             rope=self.rope.cos_sin(positions) if self.rope is not None else None,
             need_weights=return_attentions,
+            alibi=self.alibi,
         )
         if attention_mode not in ("causal", "bidirectional", "prefix"):
             ctx.mask(T)  # raises the clear error
+        ctx.check_mode(self.blocks[0].attn)
         if cache is not None and attention_mode != "causal":
             raise ValueError(
                 f"a KV cache only makes sense with attention_mode='causal' (got {attention_mode!r}): "
@@ -148,7 +186,11 @@ class GPT(nn.Module):
                 hidden_states.append(x)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm(x))
+        if self.config.norm_placement == "pre":
+            x = self.norm(x)
+        if self.head_transform is not None:
+            x = self.head_transform(x)
+        logits = self.lm_head(x)
         return ModelOutput(logits=logits, attentions=attentions, hidden_states=hidden_states, cache=cache)
 
     def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
@@ -194,14 +236,21 @@ class GPT(nn.Module):
         forward = 2 * matmul_params + sum(b.attn.attention_flops_per_token(context) for b in self.blocks)
         return 3 * forward if training else forward
 
-    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+    def cache_bytes(self, context: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of generation state (KV cache, latent or recurrent state) after ``context`` tokens, all layers."""
         element = torch.empty((), dtype=dtype).element_size()
-        return sum(block.attn.kv_bytes_per_token(element) for block in self.blocks)
+        return sum(block.attn.cache_bytes(context, element) for block in self.blocks)
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        """What one more token of context adds to the cache at full context (0 for fixed-size states)."""
+        context = self.config.block_size
+        return self.cache_bytes(context, dtype) - self.cache_bytes(context - 1, dtype)
 
     def summary(self) -> str:
         c = self.config
+        heads = f"{c.n_head} heads ({c.n_kv_head} kv)" if c.attention == "mha" else f"{c.n_head} heads, {c.attention}"
         return (
-            f"GPT: {c.n_layer} layers, {c.n_head} heads ({c.n_kv_head} kv), width {c.d_model}, "
+            f"GPT: {c.n_layer} layers, {heads}, width {c.d_model}, "
             f"context {c.block_size}, vocab {c.vocab_size}, {c.norm}, {c.mlp}, {c.position} positions | "
             f"{self.num_parameters():,} parameters, {self.flops_per_token():,} training FLOPs/token, "
             f"{self.kv_cache_bytes_per_token():,} KV-cache bytes/token (fp32)"
