@@ -27,7 +27,8 @@ def tiny_text(tmp_path):
 
 def test_all_sections_print_table_and_write_json(tiny_text, tmp_path, capsys):
     out = tmp_path / "figures.json"
-    assert bench.main(["--data", str(tiny_text), "--steps", "3", "--threads", "1", "--json", str(out)]) == 0
+    assert bench.main(["--data", str(tiny_text), "--steps", "3", "--threads", "1", "--contexts", "8,12",
+                       "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     for label in ("nanoGPT DOCUMENTED (not run)", "workbench @ nanoGPT config", "A/B: workbench",
                   "A/B: HF GPT2 reference", "workbench recipe", "tok/s (median step)", "wall to val<=1.88",
@@ -38,7 +39,7 @@ def test_all_sections_print_table_and_write_json(tiny_text, tmp_path, capsys):
     assert set(figures) >= {"machine", "target", "nanogpt_documented", "sections", "ratios"}
     assert figures["nanogpt_documented"]["val_loss"] == 1.886
     sections = figures["sections"]
-    assert set(sections) == {"nanogpt", "reference", "recipe"}
+    assert set(sections) == {"nanogpt", "reference", "recipe", "decode"}
     for name in ("nanogpt", "recipe"):
         run = sections[name]
         assert run["steps"] == 3
@@ -91,5 +92,32 @@ def test_char_data_splits_like_nanogpt(tiny_text):
 
 
 def test_sections_registry_is_extensible():
-    assert list(bench.SECTIONS) == ["nanogpt", "reference", "recipe"]
+    assert list(bench.SECTIONS) == ["nanogpt", "reference", "recipe", "decode"]
     assert all(callable(fn) for fn in bench.SECTIONS.values())
+
+
+def test_decode_section_needs_no_data_and_checks_every_cache(tmp_path, capsys):
+    """Every registered setup is measured; measured cache bytes equal each variant's formula."""
+    from workbench.variants import setup_names
+
+    out = tmp_path / "decode.json"
+    assert bench.main(["--which", "decode", "--data", str(tmp_path / "absent.txt"), "--contexts", "6,20",
+                       "--steps", "2", "--threads", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["sections"]["decode"]
+    assert list(figures["setups"]) == setup_names() and "MHA" in figures["setups"]
+    for name, setup in figures["setups"].items():
+        for context in ("6", "20"):
+            f = setup["contexts"][context]
+            assert f["cache_bytes_measured"] == f["cache_bytes_formula"] > 0, (name, context)
+            assert f["decode_tokens_per_s"] > 0
+    ratios = figures["ratios_at_longest_context"]
+    assert ratios["MHA"] == {"cache": 1.0, "decode_speed": 1.0}
+    assert ratios["GQA"]["cache"] == 0.5 and ratios["MQA"]["cache"] == 0.25
+    printed = capsys.readouterr().out
+    assert "ratios to MHA at T=20" in printed and "formula differs" not in printed
+
+
+def test_bad_contexts_are_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--which", "decode", "--contexts", "8,x"])
+    assert "--contexts" in capsys.readouterr().err

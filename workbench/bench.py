@@ -11,11 +11,13 @@
 2. **Time to quality.** How many wall seconds, evaluation included, does
    the workbench's own recipe need to reach a validation loss of 1.88?
 
+3. **Decoding.** For every attention variant of ``workbench.variants``, how
+   many tokens per second does cached greedy decoding produce at several
+   context lengths, and how many bytes does the generation cache hold
+   (``bench_decode.py``; needs no data file)?
+
 Sections are plain functions registered by name in ``SECTIONS``; each takes
-a :class:`BenchContext` and returns a dict of figures (JSON-ready) plus the
-rows it contributes to the printed table. A later benchmark (decoding
-throughput, KV-cache bytes per attention variant) is one more function and
-one more ``SECTIONS`` entry.
+a :class:`BenchContext` and returns a dict of figures (JSON-ready).
 
 Timing on a shared CPU is noisy: one competing process can slow a 2-thread
 step 10-40x. Compared runs are therefore alternated in chunks (ABBA order)
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, TrainConfig
+from . import bench_decode
 from .data import CharTokenizer, TokenData
 from .models import GPT
 from .objectives import CausalLM
@@ -393,11 +396,14 @@ def run_reference_bench(data, model_config: ModelConfig, train_config: TrainConf
 class BenchContext:
     """What every section gets: the data, the command-line overrides and a log stream."""
 
-    data: TokenData
+    data: Optional[TokenData]          # None when only sections that need no data run
     target: float = DEFAULT_TARGET
     steps: Optional[int] = None        # override every section's step count (quick runs)
     log: object = sys.stdout
     results: dict = field(default_factory=dict)  # earlier sections' results, by name
+    contexts: tuple = bench_decode.DEFAULT_CONTEXTS   # decode section
+    new_tokens: int = bench_decode.DEFAULT_NEW_TOKENS
+    batch: int = 1
 
 
 def section_nanogpt(ctx: BenchContext) -> dict:
@@ -423,16 +429,24 @@ def section_recipe(ctx: BenchContext) -> dict:
                               first_eval=first_eval, full_val=True, log=ctx.log)
 
 
+def section_decode(ctx: BenchContext) -> dict:
+    """Cached decoding speed and cache bytes of every attention variant at several context lengths."""
+    return bench_decode.run_decode_bench(ctx.contexts, ctx.steps or ctx.new_tokens, ctx.batch, log=ctx.log)
+
+
 SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "nanogpt": section_nanogpt,
     "reference": section_reference,
     "recipe": section_recipe,
+    "decode": section_decode,
 }
 SECTION_TITLES = {
     "nanogpt": "workbench Trainer at nanoGPT's exact baby-GPT config",
     "reference": "workbench vs transformers GPT2LMHeadModel, alternating chunks",
     "recipe": "workbench recipe, stopped at the target",
+    "decode": "cached decoding and cache memory per attention variant",
 }
+TRAINING_SECTIONS = ("nanogpt", "reference", "recipe")  # these need the character-level text
 
 
 # ---------------------------------------------------------------------- report
@@ -546,7 +560,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET, help="target validation loss")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the figures as JSON")
+    parser.add_argument("--contexts", type=_contexts, default=bench_decode.DEFAULT_CONTEXTS,
+                        help="decode: comma-separated prompt lengths (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=1, help="decode: sequences decoded at once (default: 1)")
     return parser
+
+
+def _contexts(text: str) -> tuple:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--contexts takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--contexts takes positive integers, got {text!r}")
+    return values
 
 
 def main(argv=None) -> int:
@@ -556,14 +583,19 @@ def main(argv=None) -> int:
         parser.error(f"--steps must be a positive integer, got {args.steps}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
-    path = args.data if args.data is not None else DEFAULT_DATA
-    if not path.is_file():
-        parser.error(f"bench data not found: {path} does not exist; pass a character-level text with --data PATH"
-                     + ("" if args.data is not None else " (the default is ../shared/data/tinyshakespeare.txt "
-                        "next to the repository)"))
-    data = load_char_data(path)
-    ctx = BenchContext(data=data, target=args.target, steps=args.steps)
+    if args.batch < 1:
+        parser.error(f"--batch must be a positive integer, got {args.batch}")
     names = list(SECTIONS) if args.which == "all" else [args.which]
+    path = args.data if args.data is not None else DEFAULT_DATA
+    data = None
+    if any(name in TRAINING_SECTIONS for name in names):
+        if not path.is_file():
+            parser.error(f"bench data not found: {path} does not exist; pass a character-level text with --data "
+                         "PATH" + ("" if args.data is not None else " (the default is "
+                                   "../shared/data/tinyshakespeare.txt next to the repository; `--which decode` "
+                                   "needs no data)"))
+        data = load_char_data(path)
+    ctx = BenchContext(data=data, target=args.target, steps=args.steps, contexts=args.contexts, batch=args.batch)
     previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -576,16 +608,19 @@ def main(argv=None) -> int:
         load_after = _load()
     finally:
         torch.set_num_threads(previous_threads)
-    n_chars = len(data.tokenizer.chars)
-    machine = {
-        "data": f"{path.name}: {data.n_tokens:,} chars, {n_chars} distinct (+{data.vocab_size - n_chars} special ids), "
-                f"train {len(data.train):,} / val {len(data.val):,}",
-        "data_path": str(path), "vocab_size": data.vocab_size, "distinct_chars": n_chars,
-        "torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "load_before": load_before, "load_after": load_after,
-    }
-    print(format_report(ctx.results, machine, args.target), flush=True)
+    machine = {"torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(),
+               "platform": platform.platform(), "python": platform.python_version(),
+               "load_before": load_before, "load_after": load_after, "data": "no data (decode only)"}
+    if data is not None:
+        n_chars = len(data.tokenizer.chars)
+        machine.update(data=f"{path.name}: {data.n_tokens:,} chars, {n_chars} distinct (+{data.vocab_size - n_chars} "
+                            f"special ids), train {len(data.train):,} / val {len(data.val):,}",
+                       data_path=str(path), vocab_size=data.vocab_size, distinct_chars=n_chars)
+        print(format_report(ctx.results, machine, args.target), flush=True)
+    if "decode" in ctx.results:
+        print(("\n" if data is not None else "") + f"torch {machine['torch']}, {threads} threads | load average "
+              f"{load_before} -> {load_after}", flush=True)
+        print(bench_decode.format_decode_report(ctx.results["decode"]), flush=True)
     if args.json is not None:
         payload = {"machine": machine, "target": args.target, "nanogpt_documented": NANOGPT_DOCUMENTED,
                    "sections": ctx.results, "ratios": ratios(ctx.results)}

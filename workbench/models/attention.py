@@ -134,24 +134,30 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: A
                        dropout: float = 0.0, *, key_positions: Optional[torch.Tensor] = None,
                        window: Optional[int] = None,
                        scale: Optional[float] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """softmax(q k^T * scale + bias + M) v for q (B, H, Tq, d) and k (B, H, Tk, d), v (B, H, Tk, d_v).
+    """softmax(q k^T * scale + bias + M) v for q (B, H, Tq, d) and k (B, H_kv, Tk, d), v (B, H_kv, Tk, d_v).
 
     ``scale`` defaults to 1/sqrt(d); ``bias`` is ALiBi's slope_h * (j - i) when
-    ``ctx.alibi`` is set. Uses the fused kernel unless ``ctx.need_weights``;
-    both paths compute the same numbers (tested). ``dropout`` applies to the
-    probabilities (training only).
+    ``ctx.alibi`` is set. With H_kv < H, query head h reads key/value head
+    h // (H / H_kv) (grouped-query attention). Uses the fused kernel unless
+    ``ctx.need_weights``; both paths compute the same numbers (tested).
+    ``dropout`` applies to the probabilities (training only).
     """
     n_keys = k.shape[-2]
+    groups = q.shape[1] // k.shape[1]
     key_positions = torch.arange(n_keys, device=q.device) if key_positions is None else key_positions
     if not ctx.need_weights and window is None and ctx.is_plain_causal(n_keys):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale), None
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale,
+                                              enable_gqa=groups > 1), None
     mask = ctx.mask(n_keys, key_positions, window)
     if ctx.alibi is not None:
         distance = (key_positions[None, :] - ctx.positions[:, None]).to(q.dtype)  # j - i
         bias = ctx.alibi.to(q.dtype).view(-1, 1, 1) * distance                    # (H, Tq, Tk)
         mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-    if not ctx.need_weights:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale), None
+    if not ctx.need_weights:  # enable_gqa reads the shared heads in place; no copy of the cache per step
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale,
+                                              enable_gqa=groups > 1), None
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
@@ -233,11 +239,7 @@ class MultiHeadAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext,
                **mask_options) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Each query head reads its key/value head (repeat_interleave: head h reads h // groups); merge heads."""
-        if self.n_kv_head != self.n_head:
-            groups = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        """Attention over the (possibly shared) key/value heads, then the heads merged and projected."""
         out, probs = scaled_dot_product(q, k, v, ctx, self.dropout if self.training else 0.0, **mask_options)
         B, H, T, d = out.shape
         return self.proj(out.transpose(1, 2).reshape(B, T, H * d)), probs
