@@ -4,6 +4,7 @@ import json
 import pytest
 
 from workbench.cli import main
+from workbench.train import load_model
 
 
 def test_train_then_sample(tmp_path, capsys, tmp_cache):
@@ -54,3 +55,22 @@ def test_tour_runs_and_reports_the_floor(capsys, tmp_cache):
     assert main(["tour", "--preset", "ci", "--steps", "20", "--n-layer", "1", "--d-model", "32"]) == 0
     printed = capsys.readouterr().out
     assert "0.4030 nats/char" in printed and "sample, temperature" in printed
+
+
+def test_train_picks_an_attention_variant_and_sample_reloads_it(tmp_path, capsys, tmp_cache):
+    out = tmp_path / "window"
+    assert main(["train", "--preset", "ci", "--steps", "5", "--n-layer", "1", "--d-model", "32", "--block-size", "32",
+                 "--attention", "sliding_window", "--window", "8", "--position", "alibi", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sliding_window" in printed and "alibi positions" in printed
+    model, _ = load_model(out)
+    assert (model.config.attention, model.config.window, model.config.position) == ("sliding_window", 8, "alibi")
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "Once", "--max-new-tokens", "5"]) == 0
+
+
+def test_unsupported_variant_position_is_one_clear_error(tmp_path, capsys, tmp_cache):
+    assert main(["train", "--preset", "ci", "--attention", "sliding_window", "--position", "alibi", "--window", "0",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "window=0" in capsys.readouterr().err
+    assert main(["train", "--preset", "ci", "--attention", "flash", "--out", str(tmp_path / "r")]) == 2
+    assert "'flash'" in capsys.readouterr().err and not (tmp_path / "r").exists()

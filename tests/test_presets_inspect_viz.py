@@ -119,8 +119,8 @@ def test_widgets_build_without_a_frontend(model_and_tokenizer):
 
     model, tokenizer = model_and_tokenizer
     explorer = attention_explorer(model, tokenizer, "Mia saw")
-    layer_slider = explorer.children[1].children[0]
-    head_slider = explorer.children[1].children[1]
+    layer_slider = explorer.children[1].children[1]
+    head_slider = explorer.children[1].children[2]
     figure = explorer.children[3]
     layer_slider.value, head_slider.value = 1, 1
     expected = attention_maps(model, tokenizer, "Mia saw").probs[1, 1]
@@ -179,3 +179,42 @@ def test_publish_strips_widget_views_and_state():
     assert nb.cells[0].outputs == [figure_out, text_out]
     assert "widgets" not in nb.metadata
     assert strip_live_outputs(nb) == 0
+
+
+def test_attention_explorer_switches_between_named_models(model_and_tokenizer):
+    from workbench.viz.widgets import attention_explorer
+
+    model, tokenizer = model_and_tokenizer
+    torch.manual_seed(1)
+    other = GPT(ModelConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=3, n_head=4, d_model=16,
+                            attention="sliding_window", window=2, position="rope"))
+    explorer = attention_explorer({"mha": model, "window 2": other}, tokenizer, "Mia saw")
+    variant, layer, head = explorer.children[1].children
+    figure = explorer.children[3]
+    variant.value = "window 2"
+    assert (layer.max, head.max) == (2, 3)
+    layer.value, head.value = 2, 3
+    expected = attention_maps(other, tokenizer, "Mia saw").probs[2, 3]
+    np.testing.assert_allclose(np.asarray(figure.data[0].z), expected, atol=1e-6)
+    assert np.all(np.tril(expected, k=-2) == 0)  # the window: nothing older than 1 token back
+    assert "window 2" in figure.layout.title.text
+
+
+def test_loss_by_position_is_the_mean_cross_entropy_per_position():
+    from helpers import markov_data
+    from workbench.inspect import loss_by_position
+
+    data = markov_data()
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, d_model=16, position="rope"))
+    losses = loss_by_position(model, data, length=20, batches=2, batch_size=4, seed=3)
+    g = torch.Generator().manual_seed(3)
+    batches = [data.get_batch("val", 4, 21, g) for _ in range(2)]
+    with torch.no_grad():
+        per = [torch.nn.functional.cross_entropy(model(b[:, :-1]).logits.transpose(1, 2), b[:, 1:],
+                                                 reduction="none").mean(0) for b in batches]
+    np.testing.assert_allclose(losses, (sum(per) / 2).numpy(), rtol=1e-5)
+    assert losses.shape == (20,)  # runs past block_size=8 with RoPE
+    learned = GPT(ModelConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, d_model=16))
+    with pytest.raises(ValueError, match="block_size"):
+        loss_by_position(learned, data, length=20, batches=1)

@@ -2,6 +2,7 @@
 
     workbench tour                      train a tiny GPT on the built-in stories and print samples
     workbench train --data pydoc --steps 500 --out runs/pydoc
+    workbench train --attention gla --position none --out runs/gla     (any registered variant)
     workbench sample --checkpoint runs/pydoc --prompt "The "
     workbench bench                     training speed and time-to-loss against references
 """
@@ -27,6 +28,11 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-head", type=int, default=None)
     parser.add_argument("--d-model", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=None)
+    parser.add_argument("--attention", default=None,
+                        help="token mixer: mha (default), sliding_window, mla, linear, gla, delta, ssd, ...")
+    parser.add_argument("--position", default=None, help="learned (default) | rope | alibi | none")
+    parser.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (GQA; 1 = MQA)")
+    parser.add_argument("--window", type=int, default=None, help="sliding_window: keys each query reads")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--seed", type=int, default=1337)
 
@@ -44,7 +50,9 @@ def _build(args, out_dir: Optional[Path] = None):
     tokenizer = tokenizer_from_name(args.tokenizer, text)
     data = TokenData.from_text(text, tokenizer)
     model_changes = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model,
-                                           block_size=args.block_size).items() if v is not None}
+                                           block_size=args.block_size, attention=args.attention,
+                                           position=args.position, n_kv_head=args.n_kv_head,
+                                           window=args.window).items() if v is not None}
     train_changes = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
                      if v is not None}
     model = GPT(chosen.model_config(tokenizer.vocab_size, **model_changes))

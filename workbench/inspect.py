@@ -1,4 +1,4 @@
-"""Look inside a model: attention maps and next-token distributions, as plain numbers.
+"""Look inside a model: attention maps, next-token distributions and loss by position, as plain numbers.
 
 These feed the notebook widgets (``workbench.viz.widgets``) but need no
 Jupyter: they return NumPy arrays and lists.
@@ -66,3 +66,29 @@ def next_token_distribution(model, tokenizer, text: str, temperature: float = 1.
     order = raw.argsort(descending=True)[:show]
     return NextTokenDistribution(tokens=tokenizer.token_strings(order.tolist()), probs=final[order].numpy(),
                                  raw_probs=raw[order].numpy(), kept=(final[order] > 0).numpy())
+
+
+@torch.no_grad()
+def loss_by_position(model, data, length: int, batches: int = 8, batch_size: int = 16, split: str = "val",
+                     seed: int = 0) -> np.ndarray:
+    """Mean next-token loss (nats) at each position 0..length-1, over random windows of ``data``.
+
+    Position t predicts token t + 1 from tokens 0..t. With ``length`` past the
+    model's training context this shows how a position scheme extrapolates
+    (Press et al. 2022, figure 1); learned positions cannot run there at all
+    and raise a ValueError that says so.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(length)
+    try:
+        for _ in range(batches):
+            batch = data.get_batch(split, batch_size, length + 1, generator).to(device)
+            logits = model(batch[:, :-1]).logits.float()
+            losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            total += losses.mean(0).cpu()
+    finally:
+        model.train(was_training)
+    return (total / batches).numpy()

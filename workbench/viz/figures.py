@@ -74,3 +74,41 @@ def bar_figure(labels: Sequence[str], values: Sequence[float], title: str, y_tit
     fig.update_layout(template=TEMPLATE, title=title, yaxis_title=y_title, height=340,
                       margin=dict(l=50, r=20, t=50, b=40))
     return fig
+
+
+def bars_figure(labels: Sequence[str], columns: dict[str, Sequence[float]], title: str) -> go.Figure:
+    """One bar chart per column, side by side, sharing the labels (e.g. variants vs loss, speed, memory)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=list(columns))
+    for i, values in enumerate(columns.values(), start=1):
+        fig.add_bar(x=list(labels), y=list(values), text=[f"{v:.3g}" for v in values], textposition="outside",
+                    showlegend=False, row=1, col=i)
+    fig.update_layout(template=TEMPLATE, title=title, height=380, margin=dict(l=50, r=20, t=70, b=90))
+    return fig
+
+
+def lines_figure(x: Sequence[float], series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
+                 log_x: bool = False, log_y: bool = False, vline: Optional[float] = None,
+                 vline_text: str = "", points: Optional[dict[str, tuple[Sequence, Sequence]]] = None) -> go.Figure:
+    """Several named curves over one x axis; ``points`` adds markers (e.g. measurements on formula lines)."""
+    fig = go.Figure(layout=dict(template=TEMPLATE, title=title, xaxis_title=x_title, yaxis_title=y_title,
+                                height=400, margin=dict(l=60, r=20, t=50, b=50)))
+    colors = {}
+    for i, (name, values) in enumerate(series.items()):
+        colors[name] = PALETTE[i % len(PALETTE)]
+        fig.add_scatter(x=list(x), y=list(values), mode="lines", name=name, line_color=colors[name])
+    for name, (px, py) in (points or {}).items():
+        fig.add_scatter(x=list(px), y=list(py), mode="markers", name=f"{name} (measured)", showlegend=False,
+                        marker=dict(color=colors.get(name), size=8, symbol="circle-open", line_width=2))
+    if log_x:
+        fig.update_xaxes(type="log")
+    if log_y:
+        fig.update_yaxes(type="log")
+    if vline is not None:
+        fig.add_vline(x=vline, line_dash="dash", line_color="gray", annotation_text=vline_text)
+    return fig
+
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf"]

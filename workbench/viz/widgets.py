@@ -129,12 +129,20 @@ def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 
 
 
 def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
-    """Layer and head sliders over the attention heatmap of ``prompt`` (edit the prompt to recompute)."""
+    """Layer and head sliders over the attention heatmap of ``prompt`` (edit the prompt to recompute).
+
+    ``model`` may be a dict of named models (e.g. one per attention variant): a dropdown then picks one.
+    For attention-free mixers the heatmap is their token-mixing matrix.
+    """
+    models = model if isinstance(model, dict) else {"model": model}
+    variant = widgets.Dropdown(options=list(models), description="variant",
+                               layout=widgets.Layout(display="flex" if len(models) > 1 else "none"))
+    current = lambda: models[variant.value]  # noqa: E731
     prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
-    layer = widgets.IntSlider(value=0, min=0, max=model.config.n_layer - 1, description="layer")
-    head = widgets.IntSlider(value=0, min=0, max=model.config.n_head - 1, description="head")
+    layer = widgets.IntSlider(value=0, min=0, max=current().config.n_layer - 1, description="layer")
+    head = widgets.IntSlider(value=0, min=0, max=current().config.n_head - 1, description="head")
     message = widgets.HTML()
-    maps = {"value": attention_maps(model, tokenizer, prompt)}
+    maps = {"value": attention_maps(current(), tokenizer, prompt)}
     labels = maps["value"].tokens
     figure = go.FigureWidget(attention_figure(maps["value"].probs[0, 0], labels, labels))
 
@@ -148,20 +156,23 @@ def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
             figure.data[0].customdata = [[f"{q} -> {k}" for k in names] for q in names]
             figure.layout.xaxis.update(tickvals=ticks, ticktext=names)
             figure.layout.yaxis.update(tickvals=ticks, ticktext=names)
-            figure.layout.title = f"layer {layer.value}, head {head.value}"
+            title = f"layer {layer.value}, head {head.value}"
+            figure.layout.title = title if len(models) == 1 else f"{variant.value}: {title}"
 
     def recompute(*_):
         try:
-            maps["value"] = attention_maps(model, tokenizer, prompt_box.value)
+            maps["value"] = attention_maps(current(), tokenizer, prompt_box.value)
             message.value = ""
         except ValueError as error:
             message.value = f"<b>{html.escape(str(error))}</b>"
             return
+        layer.max, head.max = current().config.n_layer - 1, current().config.n_head - 1
         redraw()
 
     layer.observe(redraw, names="value")
     head.observe(redraw, names="value")
     prompt_box.observe(recompute, names="value")
+    variant.observe(recompute, names="value")
     redraw()
     _show_static(figure)
-    return widgets.VBox([prompt_box, widgets.HBox([layer, head]), message, figure])
+    return widgets.VBox([prompt_box, widgets.HBox([variant, layer, head]), message, figure])
