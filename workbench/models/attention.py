@@ -37,6 +37,8 @@ and class attributes that configs and the model check up front:
 ``positions`` (the position schemes it works with, and ``position_note``
 saying why not the others), ``modes`` (the attention modes it can run) and
 ``grouped_kv`` (whether ``n_kv_head`` < ``n_head`` means anything to it).
+Optionally a static ``rotary_dim(config)``: how many channels per head RoPE
+rotates, when that is not ``head_dim`` (the GPT builds ``ctx.rope`` that wide).
 
 This file holds the masks, the shared softmax kernel and multi-head
 attention with grouped KV heads; the other variants have a file each

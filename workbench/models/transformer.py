@@ -41,6 +41,13 @@ from .norms import make_norm
 from .positions import LearnedPositions, RotaryEmbedding, alibi_slopes
 
 
+def rotary_dim(config: ModelConfig) -> int:
+    """Channels RoPE rotates per head: head_dim, or what the variant's ``rotary_dim(config)`` says (MLA's
+    decoupled RoPE key is rope_head_dim wide)."""
+    variant = ATTENTION.get(config.attention)
+    return variant.rotary_dim(config) if hasattr(variant, "rotary_dim") else config.head_dim
+
+
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
@@ -101,7 +108,7 @@ class GPT(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = LearnedPositions(config.block_size, config.d_model) if config.position == "learned" else None
-        self.rope = RotaryEmbedding(config.head_dim, config.rope_base) if config.position == "rope" else None
+        self.rope = RotaryEmbedding(rotary_dim(config), config.rope_base) if config.position == "rope" else None
         if config.position == "alibi":
             self.register_buffer("alibi", alibi_slopes(config.n_head), persistent=False)
         else:
