@@ -3,6 +3,8 @@
 Importing this package registers every attention variant in ``ATTENTION``.
 """
 from . import sliding_window  # noqa: F401 (registers its variant)
+from . import linear_attention  # noqa: F401 (registers linear, gla, delta)
+from . import ssd  # noqa: F401 (registers ssd)
 from .attention import ATTENTION, AttentionContext, attention_mask
 from .mlp import MLP
 from .norms import NORM, RMSNorm
