@@ -312,6 +312,19 @@ def test_bidirectional_mode_and_rope_or_alibi_raise_one_clear_error(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_right_padding_is_exact_and_left_padding_raises(name):
+    model = _model(name)
+    ids = _ids()
+    real = torch.ones(2, 16, dtype=torch.bool)
+    real[1, 10:] = False  # right padding: the real tokens never read the pads
+    with torch.no_grad():
+        padded = model(ids, key_padding_mask=real).logits
+        assert _max_err(padded[1, :10], model(ids[1:, :10]).logits[0]) < 1e-5
+        with pytest.raises(ValueError, match="Pad on the right"):
+            model(ids, key_padding_mask=real.flip(-1))
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_every_parameter_gets_a_finite_gradient(name):
     model = _model(name).train()
     model(_ids()).logits.square().mean().backward()

@@ -27,7 +27,8 @@ S alone, whatever the context (``recurrences.py`` holds the math).
   convolutions on q, k, v to keep the block minimal. ``gated = False`` gives
   plain DeltaNet (a_t = 1).
 
-All three are multi-head with d_k = d_v = head_dim, and run only causally:
+All three are multi-head with d_k = d_v = head_dim (GLA's paper halves d_k;
+we keep the state as wide as softmax attention's head), and run only causally:
 a recurrence reads tokens left to right, and it needs no position encoding.
 """
 from __future__ import annotations
@@ -84,7 +85,15 @@ class RecurrentMixer(nn.Module):
         """heads * d_k * d_v numbers, whatever the context."""
         return math.prod(self.state_shape()) * element_size
 
-    def check_weights(self, ctx: AttentionContext, cache) -> None:
+    def check_inputs(self, ctx: AttentionContext, cache) -> None:
+        """What a recurrence cannot do, as one clear error each: a mixing matrix over a cached past, and
+        padding anywhere but at the right end (pads on the right are never read by earlier tokens)."""
+        padding = ctx.key_padding
+        if padding is not None and (padding[:, 1:].bool() & ~padding[:, :-1].bool()).any():
+            raise ValueError(
+                f"attention={self.name!r} cannot mask padded tokens: its state would read them. Pad on the right "
+                "(a causal recurrence never reads later tokens) or run the rows separately"
+            )
         if ctx.need_weights and cache is not None:
             raise ValueError(
                 f"return_attentions=True is not possible with a cache for attention={self.name!r}: the past lives "
@@ -131,7 +140,7 @@ class LinearAttention(RecurrentMixer):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[RecurrentCache] = None,
                 cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        self.check_weights(ctx, cache)
+        self.check_inputs(ctx, cache)
         B, T, C = x.shape
         q, k, v = (self.heads(t) for t in self.qkv(x).split(C, dim=-1))
         weights = None
@@ -193,7 +202,7 @@ class GatedLinearAttention(RecurrentMixer):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[RecurrentCache] = None,
                 cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        self.check_weights(ctx, cache)
+        self.check_inputs(ctx, cache)
         q, k, v = (self.heads(t) for t in self.qkv(x).split(x.shape[-1], dim=-1))
         weights = None
         with self.full_precision(x):
@@ -248,7 +257,7 @@ class GatedDeltaNet(RecurrentMixer):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[RecurrentCache] = None,
                 cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        self.check_weights(ctx, cache)
+        self.check_inputs(ctx, cache)
         weights = None
         with self.full_precision(x):
             q, k, v, beta = self.inputs(x)

@@ -97,7 +97,7 @@ class SSDMixer(RecurrentMixer):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[RecurrentCache] = None,
                 cache_start: int = 0) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        self.check_weights(ctx, cache)
+        self.check_inputs(ctx, cache)
         B, T, _ = x.shape
         H, N = self.n_head, self.state_size
         z, xBC, dt = self.in_proj(x).split((self.d_inner, self.conv_dim, H), dim=-1)
