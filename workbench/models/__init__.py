@@ -2,7 +2,7 @@
 
 Importing this package registers every attention variant in ``ATTENTION``.
 """
-from . import mla, sliding_window  # noqa: F401 (register their variants)
+from . import linear_attention, mla, sliding_window, ssd  # noqa: F401 (register their variants)
 from .attention import ATTENTION, AttentionContext, attention_mask
 from .mlp import MLP
 from .norms import NORM, RMSNorm
