@@ -116,6 +116,25 @@ def test_gla_chunked_survives_strong_decay():
     assert torch.isfinite(q.grad).all()
 
 
+@pytest.mark.parametrize("decay", ["mild", "strong"])
+@pytest.mark.parametrize("chunk", [16, 24, 48])
+def test_gla_sub_chunked_scores_equal_the_recurrence(decay, chunk):
+    """Chunks that are multiples of SUB_CHUNK take the two-level path (exact inside sub-chunks, factored at
+    sub-chunk boundaries between them); it must equal the token-by-token recurrence."""
+    from workbench.models.recurrences import SUB_CHUNK
+
+    g = _gen(11)
+    length = 48
+    q, k, v = (torch.randn(B, H, length, DK, generator=g) for _ in range(3))
+    log_decay = F.logsigmoid(torch.randn(B, H, length, DK, generator=g)) / (16 if decay == "mild" else 0.05)
+    state0 = torch.randn(B, H, DK, DK, generator=g)
+    slow, slow_state = gla_recurrent(q, k, v, log_decay, state0)
+    fast, fast_state = gla_chunked(q, k, v, log_decay, chunk, state0)
+    assert chunk % SUB_CHUNK == 0 and chunk > SUB_CHUNK
+    assert torch.isfinite(fast).all()
+    assert _max_err(slow, fast) < 1e-4 and _max_err(slow_state, fast_state) < 1e-4
+
+
 def test_ssd_scan_equals_transformers_mamba2_chunk_scan():
     """Mamba2's SSD is GLA with a scalar gate: q = C, k = B, v = dt x, log a = dt A.
     transformers lays tensors out (batch, time, heads, dim) and its state as (heads, P, N): ours is (N, P)."""

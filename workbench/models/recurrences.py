@@ -41,16 +41,37 @@ def _pairwise_decay(g: Tensor) -> Tensor:
     return diff.masked_fill(future[:, :, None], float("-inf")).exp()
 
 
+SUB_CHUNK = 8  # secondary chunk for per-channel gates (GLA paper, section 4.2)
+
+
 def _decayed_scores(q: Tensor, k: Tensor, g: Tensor) -> Tensor:
     """scores_ts = sum_i q_ti k_si exp(g_ti - g_si) for s <= t, else 0: (..., T, d_k) -> (..., T, T).
 
     A gate per head (g of width 1) factors out of the sum: (q k^T) * exp(g_t - g_s).
-    A gate per key channel does not, so we form the (T, T, d_k) product: exact and stable.
+    A gate per key channel does not. Between tokens of different sub-chunks of ``SUB_CHUNK``
+    tokens it factors at a boundary b between them (s <= b < t):
+    exp(g_t - g_s) = exp(g_t - g_b) exp(g_b - g_s), both factors <= 1, so one matrix product per
+    pair of sub-chunks serves; only inside a sub-chunk do we form the (c, c, d_k) product. Exact,
+    stable, and SUB_CHUNK times less memory than the (T, T, d_k) product (GLA, Yang et al. 2024, 4.2).
     """
-    decay = _pairwise_decay(g)
     if g.shape[-1] == 1:
-        return (q @ k.transpose(-1, -2)) * decay[..., 0]
-    return (q[..., :, None, :] * k[..., None, :, :] * decay).sum(-1)
+        return (q @ k.transpose(-1, -2)) * _pairwise_decay(g)[..., 0]
+    T, c = q.shape[-2], SUB_CHUNK
+    if T <= c or T % c:
+        return (q[..., :, None, :] * k[..., None, :, :] * _pairwise_decay(g)).sum(-1)
+    S = T // c
+    qs, ks, gs = (x.reshape(x.shape[:-2] + (S, c, x.shape[-1])) for x in (q, k, g))   # (..., S, c, d_k)
+    inside = (qs[..., :, None, :] * ks[..., None, :, :] * _pairwise_decay(gs)).sum(-1)  # (..., S, c, c)
+    # boundary of target sub-chunk i: its first token (after every s of an earlier sub-chunk, <= every t in i)
+    g_b = gs[..., :, :1, :]                                                             # (..., S, 1, d_k)
+    q_in = qs * (gs - g_b).exp()                                                        # exp(g_t - g_b) <= 1
+    earlier = torch.ones(S, S, dtype=torch.bool, device=g.device).tril(-1)             # j < i
+    to_b = (g_b[..., :, None, :, :] - gs[..., None, :, :, :])                          # (..., S_i, S_j, c, d_k)
+    k_in = ks[..., None, :, :, :] * to_b.masked_fill(~earlier[:, :, None, None], float("-inf")).exp()
+    across = q_in[..., :, None, :, :] @ k_in.transpose(-1, -2)                         # (..., S_i, S_j, c, c)
+    eye = torch.eye(S, dtype=torch.bool, device=g.device)[:, :, None, None]
+    blocks = torch.where(eye, inside[..., :, None, :, :], across)                       # (..., S, S, c, c)
+    return blocks.transpose(-3, -2).reshape(q.shape[:-2] + (T, T))
 
 
 def _chunks(x: Tensor, size: int) -> Tensor:
