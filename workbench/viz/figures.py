@@ -82,22 +82,25 @@ def bars_figure(labels: Sequence[str], columns: dict[str, Sequence[float]], titl
 
     fig = make_subplots(rows=1, cols=len(columns), subplot_titles=list(columns))
     for i, values in enumerate(columns.values(), start=1):
-        fig.add_bar(x=list(labels), y=list(values), text=[f"{v:.3g}" for v in values], textposition="outside",
-                    showlegend=False, row=1, col=i)
+        fig.add_bar(x=list(labels), y=list(values), text=[_short(v) for v in values], textposition="outside",
+                    cliponaxis=False, showlegend=False, row=1, col=i)
     fig.update_layout(template=TEMPLATE, title=title, height=380, margin=dict(l=50, r=20, t=70, b=90))
     return fig
 
 
 def lines_figure(x: Sequence[float], series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str,
                  log_x: bool = False, log_y: bool = False, vline: Optional[float] = None,
-                 vline_text: str = "", points: Optional[dict[str, tuple[Sequence, Sequence]]] = None) -> go.Figure:
-    """Several named curves over one x axis; ``points`` adds markers (e.g. measurements on formula lines)."""
+                 vline_text: str = "", points: Optional[dict[str, tuple[Sequence, Sequence]]] = None,
+                 dashed: Sequence[str] = ()) -> go.Figure:
+    """Several named curves over one x axis; ``points`` adds markers (e.g. measurements on formula lines);
+    curves named in ``dashed`` are drawn dashed (so coinciding curves stay visible)."""
     fig = go.Figure(layout=dict(template=TEMPLATE, title=title, xaxis_title=x_title, yaxis_title=y_title,
                                 height=400, margin=dict(l=60, r=20, t=50, b=50)))
     colors = {}
     for i, (name, values) in enumerate(series.items()):
         colors[name] = PALETTE[i % len(PALETTE)]
-        fig.add_scatter(x=list(x), y=list(values), mode="lines", name=name, line_color=colors[name])
+        fig.add_scatter(x=list(x), y=list(values), mode="lines", name=name,
+                        line=dict(color=colors[name], dash="dash" if name in dashed else "solid"))
     for name, (px, py) in (points or {}).items():
         fig.add_scatter(x=list(px), y=list(py), mode="markers", name=f"{name} (measured)", showlegend=False,
                         marker=dict(color=colors.get(name), size=8, symbol="circle-open", line_width=2))
@@ -112,3 +115,26 @@ def lines_figure(x: Sequence[float], series: dict[str, Sequence[float]], title: 
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
+
+
+def heatmap_grid_figure(panels: dict[str, np.ndarray], title: str, columns: int = 3,
+                        colorbar_title: str = "") -> go.Figure:
+    """Small multiples: one (T x T) heatmap per name on one 0..1 color scale (rows: queries, columns: keys)."""
+    from plotly.subplots import make_subplots
+
+    rows = -(-len(panels) // columns)
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(panels), horizontal_spacing=0.04,
+                        vertical_spacing=0.08)
+    for i, values in enumerate(panels.values()):
+        fig.add_heatmap(z=np.asarray(values), coloraxis="coloraxis", row=i // columns + 1, col=i % columns + 1)
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(template=TEMPLATE, title=title, height=280 * rows + 60, width=760,
+                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title=colorbar_title)),
+                      margin=dict(l=20, r=20, t=70, b=20))
+    return fig
+
+
+def _short(value: float) -> str:
+    """45197 -> '45.2k', 0.5012 -> '0.501': bar labels that fit."""
+    return f"{value / 1000:.1f}k" if abs(value) >= 1000 else f"{value:.3g}"
