@@ -146,10 +146,10 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: A
     """
     n_keys = k.shape[-2]
     groups = q.shape[1] // k.shape[1]
-    key_positions = torch.arange(n_keys, device=q.device) if key_positions is None else key_positions
     if not ctx.need_weights and window is None and ctx.is_plain_causal(n_keys):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale,
                                               enable_gqa=groups > 1), None
+    key_positions = torch.arange(n_keys, device=q.device) if key_positions is None else key_positions
     mask = ctx.mask(n_keys, key_positions, window)
     if ctx.alibi is not None:
         distance = (key_positions[None, :] - ctx.positions[:, None]).to(q.dtype)  # j - i

@@ -52,26 +52,37 @@ LATENT_NORM_EPS = 1e-6  # DeepSeek-V2's q_a_layernorm / kv_a_layernorm
 
 
 class LatentCache:
-    """One layer's MLA generation state: the latent c_kv (B, T, d_c) and the RoPE key k_rope (B, T, d_r)."""
+    """One layer's MLA generation state: [c_kv ; k_rope] per token, (B, T, d_c + d_r) in one tensor.
+
+    One tensor, because the absorbed form reads it as the keys of a single attention head shared by all
+    query heads (and its first d_c channels as the values): views, no copy per decoding step.
+    """
 
     def __init__(self, batch: int, max_len: int, latent_dim: int, rope_dim: int, device, dtype):
-        self.latent = torch.zeros(batch, max_len, latent_dim, device=device, dtype=dtype)
-        self.rope_key = torch.zeros(batch, max_len, rope_dim, device=device, dtype=dtype)
+        self.entries = torch.zeros(batch, max_len, latent_dim + rope_dim, device=device, dtype=dtype)
+        self.latent_dim = latent_dim
 
-    def update(self, latent: torch.Tensor, rope_key: torch.Tensor,
-               start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start + latent.shape[1]
-        if end > self.latent.shape[1]:
+    @property
+    def latent(self) -> torch.Tensor:
+        return self.entries[..., :self.latent_dim]
+
+    @property
+    def rope_key(self) -> torch.Tensor:
+        return self.entries[..., self.latent_dim:]
+
+    def update(self, latent_and_rope_key: torch.Tensor, start: int) -> torch.Tensor:
+        """Write (B, T_new, d_c + d_r) at ``start``; return every entry so far."""
+        end = start + latent_and_rope_key.shape[1]
+        if end > self.entries.shape[1]:
             raise ValueError(
-                f"the latent cache holds {self.latent.shape[1]} positions but {end} are needed; "
+                f"the latent cache holds {self.entries.shape[1]} positions but {end} are needed; "
                 "create the cache with a larger max_len"
             )
-        self.latent[:, start:end] = latent
-        self.rope_key[:, start:end] = rope_key
-        return self.latent[:, :end], self.rope_key[:, :end]
+        self.entries[:, start:end] = latent_and_rope_key
+        return self.entries[:, :end]
 
     def nbytes(self) -> int:
-        return self.latent.nbytes + self.rope_key.nbytes
+        return self.entries.nbytes
 
 
 @ATTENTION.register("mla")
@@ -129,10 +140,10 @@ class MultiHeadLatentAttention(nn.Module):
         cos, sin = ctx.rope
         return q_nope, apply_rope(q_rope, cos, sin)
 
-    def compress(self, x: torch.Tensor, ctx: AttentionContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the cache keeps per token: the latent c_kv (B, T, d_c) and the rotated k_rope (B, T, d_r)."""
+    def compress(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """What the cache keeps per token: [c_kv ; RoPE(k_rope)], (B, T, d_c + d_r)."""
         cos, sin = ctx.rope
-        return self.kv_norm(self.kv_down(x)), apply_rope(self.key_rope(x), cos, sin)
+        return torch.cat((self.kv_norm(self.kv_down(x)), apply_rope(self.key_rope(x), cos, sin)), dim=-1)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, ctx: AttentionContext, cache: Optional[LatentCache] = None,
@@ -140,17 +151,18 @@ class MultiHeadLatentAttention(nn.Module):
         if ctx.rope is None:
             raise ValueError("MLA needs RoPE cos/sin in ctx.rope: build the model with position='rope'")
         q_nope, q_rope = self.queries(x, ctx)
-        latent, rope_key = self.compress(x, ctx)
+        entries = self.compress(x, ctx)
         if cache is not None:
-            latent, rope_key = cache.update(latent, rope_key, cache_start)
+            entries = cache.update(entries, cache_start)
         absorbed = cache is not None if self.absorb is None else self.absorb
         attend = self.attend_absorbed if absorbed else self.attend_naive
-        out, probs = attend(q_nope, q_rope, latent, rope_key, ctx)   # (B, H, T, head_dim)
+        out, probs = attend(q_nope, q_rope, entries, ctx)   # (B, H, T, head_dim)
         B, H, T, d = out.shape
         return self.proj(out.transpose(1, 2).reshape(B, T, H * d)), probs
 
-    def attend_naive(self, q_nope, q_rope, latent, rope_key, ctx):
+    def attend_naive(self, q_nope, q_rope, entries, ctx):
         """Eq. 17-18 as written: up-project every key's latent to per-head keys and values, then attend."""
+        latent, rope_key = entries.split((self.latent_dim, self.rope_dim), dim=-1)
         B, T_k, _ = latent.shape
         k_nope = self.k_up(latent).view(B, T_k, self.n_head, self.head_dim).transpose(1, 2)
         values = self.v_up(latent).view(B, T_k, self.n_head, self.head_dim).transpose(1, 2)
@@ -159,17 +171,21 @@ class MultiHeadLatentAttention(nn.Module):
         queries = torch.cat((q_nope, q_rope), dim=-1)
         return scaled_dot_product(queries, keys, values, ctx, self._dropout(), scale=self.scale)
 
-    def attend_absorbed(self, q_nope, q_rope, latent, rope_key, ctx):
-        """The same scores over the latent: W_UK folded into the query, W_UV applied after the weighted sum."""
+    def attend_absorbed(self, q_nope, q_rope, entries, ctx):
+        """The same scores over the latent: W_UK folded into the query, W_UV applied after the weighted sum.
+
+        This is multi-query attention over the cache: one head of entries [c_kv ; k_rope], shared by every
+        query head and read in place. The entries serve as the values too (keys and values of one width
+        keep PyTorch's fused kernel, which does not copy the shared head per query head); of the weighted
+        sum, only the first d_c channels (sum_j p_j c_j) are used.
+        """
         w_uk = self.k_up.weight.view(self.n_head, self.head_dim, self.latent_dim)
         w_uv = self.v_up.weight.view(self.n_head, self.head_dim, self.latent_dim)
         q_latent = torch.einsum("bhtd,hdc->bhtc", q_nope, w_uk)          # W_UK_h^T q_nope_h
         queries = torch.cat((q_latent, q_rope), dim=-1)                   # (B, H, T, d_c + d_r)
-        B, T_k, _ = latent.shape
-        keys = torch.cat((latent, rope_key), dim=-1)[:, None].expand(B, self.n_head, T_k, -1)
-        values = latent[:, None].expand(B, self.n_head, T_k, self.latent_dim)
-        mixed, probs = scaled_dot_product(queries, keys, values, ctx, self._dropout(), scale=self.scale)
-        return torch.einsum("bhtc,hdc->bhtd", mixed, w_uv), probs         # W_UV_h (sum_j p_j c_j)
+        shared = entries[:, None]                                         # (B, 1, T_k, d_c + d_r)
+        mixed, probs = scaled_dot_product(queries, shared, shared, ctx, self._dropout(), scale=self.scale)
+        return torch.einsum("bhtc,hdc->bhtd", mixed[..., :self.latent_dim], w_uv), probs  # W_UV_h sum_j p_j c_j
 
     def _dropout(self) -> float:
         return self.dropout if self.training else 0.0
