@@ -31,6 +31,18 @@ def _error(cls, **values) -> str:
     (dict(dropout=-0.1), "dropout", "-0.1"),
     (dict(norm_eps=0.0), "norm_eps", "0.0"),
     (dict(d_model=36, n_head=4, position="rope"), "position", "'rope'"),
+    (dict(window=0), "window", "0"),
+    (dict(chunk_size=0), "chunk_size", "0"),
+    (dict(ssm_state=0), "ssm_state", "0"),
+    (dict(conv_kernel=0), "conv_kernel", "0"),
+    (dict(kv_lora_rank=0), "kv_lora_rank", "0"),
+    (dict(q_lora_rank=-1), "q_lora_rank", "-1"),
+    (dict(rope_head_dim=3), "rope_head_dim", "3"),
+    (dict(norm_placement="middle"), "norm_placement", "'middle'"),
+    (dict(head="cls"), "head", "'cls'"),
+    (dict(attention="gla", position="rope"), "position", "'rope'"),
+    (dict(attention="mla", position="learned"), "position", "'learned'"),
+    (dict(attention="ssd", n_kv_head=2), "n_kv_head", "2"),
 ])
 def test_model_config_rejects_bad_values_naming_field_and_value(values, field, shown):
     message = _error(ModelConfig, **values)
@@ -40,8 +52,8 @@ def test_model_config_rejects_bad_values_naming_field_and_value(values, field, s
 
 @pytest.mark.parametrize("field, value, allowed", [
     ("norm", "batchnorm", ["layernorm", "rmsnorm"]),
-    ("mlp", "relu", ["gelu", "swiglu"]),
-    ("position", "alibi2", ["learned", "rope", "none"]),
+    ("mlp", "relu", ["gelu", "gelu_exact", "swiglu"]),
+    ("position", "alibi2", ["learned", "rope", "alibi", "none"]),
     ("attention", "flash", ATTENTION.names()),
 ])
 def test_unknown_variant_names_list_the_allowed_ones(field, value, allowed):
@@ -138,3 +150,12 @@ def test_replace_rederives_fields_that_were_left_to_their_defaults():
     explicit = ModelConfig(d_model=32, n_head=4, n_kv_head=2, d_ff=100)
     wider = explicit.replace(d_model=64)
     assert wider.n_kv_head == 2 and wider.d_ff == 100
+
+
+def test_variant_knobs_derive_from_the_shape_and_rederive_on_replace():
+    c = ModelConfig(block_size=64, d_model=128, n_head=4)  # head_dim 32
+    assert (c.window, c.kv_lora_rank, c.q_lora_rank, c.rope_head_dim) == (16, 128, 128, 16)
+    wider = c.replace(block_size=256, d_model=256)         # head_dim 64: every derived knob follows
+    assert (wider.window, wider.kv_lora_rank, wider.q_lora_rank, wider.rope_head_dim) == (64, 256, 256, 32)
+    fixed = ModelConfig(window=5, kv_lora_rank=40, q_lora_rank=0).replace(block_size=256)
+    assert (fixed.window, fixed.kv_lora_rank, fixed.q_lora_rank) == (5, 40, 0)  # explicit values stay
