@@ -48,20 +48,29 @@ def config_to_hf(c: ModelConfig) -> GPT2Config:
     )
 
 
-def state_to_hf(sd: dict, c: ModelConfig) -> dict:
-    out = {"transformer.wte.weight": sd["token_embedding.weight"],
-           "transformer.wpe.weight": sd["positions.table.weight"]}
+# (ours, theirs) name pairs, used in both directions. GPT-2's Conv1D stores weights as (in, out): transposed.
+_COPIED = (("token_embedding.weight", "transformer.wte.weight"),
+           ("positions.table.weight", "transformer.wpe.weight"),
+           ("norm.weight", "transformer.ln_f.weight"), ("norm.bias", "transformer.ln_f.bias"),
+           ("lm_head.weight", "lm_head.weight"))
+_NORMS = (("norm1", "ln_1"), ("norm2", "ln_2"))
+_CONV1D = (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
+           ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj"))
+
+
+def _pairs(c: ModelConfig) -> list[tuple[str, str, bool]]:
+    """Every (ours, theirs, transposed) weight-name pair of the model."""
+    pairs = [(ours, theirs, False) for ours, theirs in _COPIED]
     for i in range(c.n_layer):
         h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[h + theirs + ".weight"], out[h + theirs + ".bias"] = sd[b + ours + ".weight"], sd[b + ours + ".bias"]
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-            out[h + theirs + ".weight"] = sd[b + ours + ".weight"].t()  # Conv1D: (in, out)
-            out[h + theirs + ".bias"] = sd[b + ours + ".bias"]
-    out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm.weight"], sd["norm.bias"]
-    out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+        for (ours, theirs), transposed in [(pair, False) for pair in _NORMS] + [(pair, True) for pair in _CONV1D]:
+            pairs += [(b + ours + ".weight", h + theirs + ".weight", transposed),
+                      (b + ours + ".bias", h + theirs + ".bias", False)]
+    return pairs
+
+
+def state_to_hf(sd: dict, c: ModelConfig) -> dict:
+    return {theirs: sd[ours].t() if transposed else sd[ours] for ours, theirs, transposed in _pairs(c)}
 
 
 def config_from_hf(h: GPT2Config) -> ModelConfig:
@@ -84,16 +93,4 @@ def config_from_hf(h: GPT2Config) -> ModelConfig:
 
 
 def state_from_hf(sd: dict, c: ModelConfig) -> dict:
-    out = {"token_embedding.weight": sd["transformer.wte.weight"],
-           "positions.table.weight": sd["transformer.wpe.weight"]}
-    for i in range(c.n_layer):
-        h, b = f"transformer.h.{i}.", f"blocks.{i}."
-        for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd[h + theirs + ".weight"], sd[h + theirs + ".bias"]
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-                             ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
-            out[b + ours + ".weight"] = sd[h + theirs + ".weight"].t()  # Conv1D (in, out) -> Linear (out, in)
-            out[b + ours + ".bias"] = sd[h + theirs + ".bias"]
-    out["norm.weight"], out["norm.bias"] = sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"]
-    out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+    return {ours: sd[theirs].t() if transposed else sd[theirs] for ours, theirs, transposed in _pairs(c)}

@@ -53,23 +53,27 @@ def config_to_hf(c: ModelConfig) -> LlamaConfig:
     )
 
 
-def state_to_hf(sd: dict, c: ModelConfig) -> dict:
-    out = {"model.embed_tokens.weight": sd["token_embedding.weight"]}
-    kv_width = c.n_kv_head * c.head_dim
+def _pairs(c: ModelConfig) -> list[tuple[str, str]]:
+    """Every (ours, theirs) weight-name pair copied as is, in both directions (the fused qkv is split apart)."""
+    pairs = [("token_embedding.weight", "model.embed_tokens.weight"), ("norm.weight", "model.norm.weight"),
+             ("lm_head.weight", "lm_head.weight")]
     for i in range(c.n_layer):
         l, b = f"model.layers.{i}.", f"blocks.{i}."
-        q, k, v = sd[b + "attn.qkv.weight"].split((c.d_model, kv_width, kv_width), dim=0)
-        out.update({
-            l + "input_layernorm.weight": sd[b + "norm1.weight"],
-            l + "self_attn.q_proj.weight": q, l + "self_attn.k_proj.weight": k, l + "self_attn.v_proj.weight": v,
-            l + "self_attn.o_proj.weight": sd[b + "attn.proj.weight"],
-            l + "post_attention_layernorm.weight": sd[b + "norm2.weight"],
-            l + "mlp.gate_proj.weight": sd[b + "mlp.gate.weight"],
-            l + "mlp.up_proj.weight": sd[b + "mlp.up.weight"],
-            l + "mlp.down_proj.weight": sd[b + "mlp.proj.weight"],
-        })
-    out["model.norm.weight"] = sd["norm.weight"]
-    out["lm_head.weight"] = sd["lm_head.weight"]
+        pairs += [(b + "norm1.weight", l + "input_layernorm.weight"),
+                  (b + "attn.proj.weight", l + "self_attn.o_proj.weight"),
+                  (b + "norm2.weight", l + "post_attention_layernorm.weight"),
+                  (b + "mlp.gate.weight", l + "mlp.gate_proj.weight"), (b + "mlp.up.weight", l + "mlp.up_proj.weight"),
+                  (b + "mlp.proj.weight", l + "mlp.down_proj.weight")]
+    return pairs
+
+
+def state_to_hf(sd: dict, c: ModelConfig) -> dict:
+    out = {theirs: sd[ours] for ours, theirs in _pairs(c)}
+    kv_width = c.n_kv_head * c.head_dim
+    for i in range(c.n_layer):
+        q, k, v = sd[f"blocks.{i}.attn.qkv.weight"].split((c.d_model, kv_width, kv_width), dim=0)
+        for name, weight in zip("qkv", (q, k, v)):
+            out[f"model.layers.{i}.self_attn.{name}_proj.weight"] = weight
     return out
 
 
@@ -99,19 +103,8 @@ def config_from_hf(h: LlamaConfig) -> ModelConfig:
 
 
 def state_from_hf(sd: dict, c: ModelConfig) -> dict:
-    out = {"token_embedding.weight": sd["model.embed_tokens.weight"]}
+    out = {ours: sd[theirs] for ours, theirs in _pairs(c)}
     for i in range(c.n_layer):
-        l, b = f"model.layers.{i}.", f"blocks.{i}."
-        qkv = [sd[l + f"self_attn.{name}_proj.weight"] for name in ("q", "k", "v")]
-        out.update({
-            b + "norm1.weight": sd[l + "input_layernorm.weight"],
-            b + "attn.qkv.weight": torch.cat(qkv, dim=0),
-            b + "attn.proj.weight": sd[l + "self_attn.o_proj.weight"],
-            b + "norm2.weight": sd[l + "post_attention_layernorm.weight"],
-            b + "mlp.gate.weight": sd[l + "mlp.gate_proj.weight"],
-            b + "mlp.up.weight": sd[l + "mlp.up_proj.weight"],
-            b + "mlp.proj.weight": sd[l + "mlp.down_proj.weight"],
-        })
-    out["norm.weight"] = sd["model.norm.weight"]
-    out["lm_head.weight"] = sd["lm_head.weight"]
+        qkv = [sd[f"model.layers.{i}.self_attn.{name}_proj.weight"] for name in "qkv"]
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(qkv, dim=0)
     return out
