@@ -30,6 +30,8 @@ def _error(cls, **values) -> str:
     (dict(dropout=1.0), "dropout", "1.0"),
     (dict(dropout=-0.1), "dropout", "-0.1"),
     (dict(norm_eps=0.0), "norm_eps", "0.0"),
+    (dict(norm_eps=float("nan")), "norm_eps", "nan"),
+    (dict(init_std=float("inf")), "init_std", "inf"),
     (dict(d_model=36, n_head=4, position="rope"), "position", "'rope'"),
     (dict(window=0), "window", "0"),
     (dict(chunk_size=0), "chunk_size", "0"),
@@ -85,6 +87,12 @@ def test_d_model_not_divisible_suggests_valid_head_counts():
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(beta2=1.0), "beta2"),
     (dict(weight_decay=-0.1), "weight_decay"),
+    (dict(lr=float("inf")), "lr"),             # would train straight into NaN weights
+    (dict(lr=float("nan")), "lr"),
+    (dict(min_lr=float("nan")), "min_lr"),
+    (dict(weight_decay=float("inf")), "weight_decay"),
+    (dict(grad_clip=float("inf")), "grad_clip"),
+    (dict(beta1=float("nan")), "beta1"),
     (dict(device="tpu"), "device"),
     (dict(dtype="float16"), "dtype"),
 ])
@@ -157,5 +165,25 @@ def test_variant_knobs_derive_from_the_shape_and_rederive_on_replace():
     assert (c.window, c.kv_lora_rank, c.q_lora_rank, c.rope_head_dim) == (16, 128, 128, 16)
     wider = c.replace(block_size=256, d_model=256)         # head_dim 64: every derived knob follows
     assert (wider.window, wider.kv_lora_rank, wider.q_lora_rank, wider.rope_head_dim) == (64, 256, 256, 32)
-    fixed = ModelConfig(window=5, kv_lora_rank=40, q_lora_rank=0).replace(block_size=256)
-    assert (fixed.window, fixed.kv_lora_rank, fixed.q_lora_rank) == (5, 40, 0)  # explicit values stay
+    fixed = ModelConfig(attention="sliding_window", window=5).replace(block_size=256)
+    assert fixed.window == 5  # explicit values stay
+    fixed = ModelConfig(attention="mla", position="rope", kv_lora_rank=40, q_lora_rank=0).replace(block_size=256)
+    assert (fixed.kv_lora_rank, fixed.q_lora_rank) == (40, 0)
+
+
+@pytest.mark.parametrize("attention, changes", [
+    ("mha", dict(window=5)), ("mha", dict(chunk_size=16)), ("mha", dict(kv_lora_rank=40)),
+    ("gla", dict(window=5, position="none")), ("sliding_window", dict(ssm_state=8)),
+    ("mla", dict(conv_kernel=2, position="rope")), ("linear", dict(rope_head_dim=4, position="none")),
+])
+def test_a_knob_the_variant_ignores_is_one_clear_error(attention, changes):
+    knob = next(k for k in changes if k != "position")
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{knob}=.* has no effect with attention='{attention}'.*"
+                                         rf"Leave {knob} unset"):
+        ModelConfig(attention=attention, **changes)
+
+
+def test_knobs_left_at_their_defaults_load_from_older_configs():
+    # Configs saved before the knob check store every derived knob (window=16 with mha): they still load.
+    stored = {**ModelConfig().to_dict(), "window": 16, "kv_lora_rank": 128}
+    assert ModelConfig.from_dict(stored) == ModelConfig()

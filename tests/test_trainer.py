@@ -9,7 +9,7 @@ from helpers import (FixedBatches, WrappedObjective, markov_data, model_state, s
                      states_equal, tiny_model, train_config)
 from workbench.objectives import CausalLM
 from workbench.objectives.base import ObjectiveOutput
-from workbench.train import Callback, NonFiniteLossError, PrintLogger, Trainer, warmup_cosine
+from workbench.train import BrokenUpdateError, Callback, NonFiniteLossError, PrintLogger, Trainer, warmup_cosine
 
 
 def make_trainer(model_changes=None, objective=None, data=None, callbacks=(), out_dir=None, **train_changes):
@@ -183,15 +183,15 @@ def test_keyboard_interrupt_mid_step_rolls_back_and_fit_continues(capsys):
     snapshots = Snapshots()
     trainer = make_trainer(**settings, objective=WrappedObjective(CausalLM(), interrupt), callbacks=[snapshots])
     history = trainer.fit()
-    assert "Interrupted at step 3" in capsys.readouterr().out
-    assert trainer.step == 3
+    assert "Interrupted after step 3" in capsys.readouterr().out
+    assert trainer.step == 3 and trainer.interrupted
     assert losses(trainer) == losses(reference)[:3] and history is trainer.history
     assert all(p.grad is None for p in trainer.model.parameters())
     assert states_equal(model_state(trainer.model), snapshots.states[3])
     assert int(trainer.optimizer.state[trainer.model.token_embedding.weight]["step"]) == 3
 
     trainer.fit()
-    assert trainer.step == 8
+    assert trainer.step == 8 and not trainer.interrupted
     assert losses(trainer) == losses(reference)
     assert states_equal(model_state(trainer.model), model_state(reference.model))
 
@@ -207,7 +207,8 @@ def test_nan_loss_stops_with_the_last_good_weights():
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit()
     message = str(info.value)
-    assert "loss became nan" in message and "step 4" in message and "Lower lr" in message
+    # steps count from 1 everywhere: step 5 failed, the state after step 4 is kept
+    assert "loss became nan at step 5" in message and "state after step 4" in message and "Lower lr" in message
     assert trainer.step == 4 and len(trainer.history["train"]) == 4
     assert states_equal(model_state(trainer.model), snapshots.states[4])
     assert not states_equal(snapshots.states[4], snapshots.states[3])
@@ -225,10 +226,59 @@ def test_non_finite_gradient_stops_before_the_update():
     snapshots = Snapshots()
     trainer = make_trainer(objective=WrappedObjective(CausalLM(), poison_gradient), callbacks=[snapshots],
                            steps=10, grad_clip=0.0)
-    with pytest.raises(NonFiniteLossError, match="gradient"):
+    with pytest.raises(NonFiniteLossError, match="gradient norm became nan at step 3.*state after step 2"):
         trainer.fit()
     assert trainer.step == 2
     assert states_equal(model_state(trainer.model), snapshots.states[2])
+
+
+@pytest.mark.parametrize("lr, weight_decay", [(1e39, 0.0), (1e38, 0.0), (1e38, 100.0)])
+def test_an_update_that_overflows_float32_stops_before_it_starts(lr, weight_decay):
+    """lr = 1e39 used to raise inside AdamW after the moments had moved (weights half updated, step still 0)."""
+    trainer = make_trainer(steps=3, lr=lr, min_lr=0.0, warmup_steps=0, weight_decay=weight_decay)
+    before = model_state(trainer.model)
+    with pytest.raises(NonFiniteLossError, match=r"update of step 1 would overflow.*state after step 0\. Lower lr"):
+        trainer.fit()
+    assert trainer.step == 0 and trainer.history["train"] == [] and not trainer.optimizer.state
+    assert states_equal(model_state(trainer.model), before)
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_an_optimizer_failing_mid_update_blocks_saving_and_training(tmp_path):
+    trainer = make_trainer(steps=4, out_dir=tmp_path / "run")
+    trainer.fit(steps=1)
+    trainer.save_checkpoint()
+    good = model_state(trainer.model)
+    real_step = trainer.optimizer.step
+
+    def half_step(*args, **kwargs):
+        real_step(*args, **kwargs)  # the update happened, then something failed
+        raise RuntimeError("device lost")
+
+    trainer.optimizer.step = half_step
+    with pytest.raises(BrokenUpdateError, match="half-way through the update of step 2.*device lost"):
+        trainer.fit()
+    trainer.optimizer.step = real_step
+    for action in (trainer.fit, trainer.save_checkpoint):
+        with pytest.raises(BrokenUpdateError, match="reload the last checkpoint"):
+            action()
+    assert [p.name for p in sorted((tmp_path / "run").glob("step-*"))] == ["step-000001"]
+    trainer.load_checkpoint(tmp_path / "run")  # reloading makes it usable again
+    assert states_equal(model_state(trainer.model), good)
+    trainer.fit()
+    assert trainer.step == 4
+
+
+@pytest.mark.parametrize("steps", [-5, "3", 2.0, True, None])
+def test_fit_rejects_a_step_count_that_is_not_a_whole_number(steps):
+    trainer = make_trainer(steps=3)
+    if steps is None:
+        trainer.fit(steps=0)  # zero more steps is allowed and does nothing
+        assert trainer.step == 0
+        return
+    with pytest.raises(ValueError, match=rf"Trainer\.fit\.steps={steps!r} is invalid"):
+        trainer.fit(steps=steps)
+    assert trainer.step == 0
 
 
 # ---------------------------------------------------------------- evaluation and callbacks

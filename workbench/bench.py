@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from .config import ModelConfig, TrainConfig
 from . import bench_decode
 from .data import CharTokenizer, TokenData
+from .data.corpora import read_text_file
 from .models import GPT
 from .objectives import CausalLM
 from .train.callbacks import Callback
@@ -82,13 +83,13 @@ def load_char_data(path, val_fraction: float = 0.1) -> TokenData:
     The ids are built in memory (no on-disk token cache is written).
     """
     path = Path(path) if path is not None else DEFAULT_DATA
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"bench data not found: {path} does not exist. Pass a character-level text with --data PATH "
             "(the published figures are for tiny Shakespeare, "
             "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt)"
         )
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)  # one clear error for a directory, binary bytes or an empty file
     if len(text) < 2:
         raise ValueError(f"the bench text {path} is empty or has one character; pass a real text with --data")
     tokenizer = CharTokenizer.train(text)
@@ -589,7 +590,7 @@ def main(argv=None) -> int:
     path = args.data if args.data is not None else DEFAULT_DATA
     data = None
     if any(name in TRAINING_SECTIONS for name in names):
-        if not path.is_file():
+        if not path.exists():
             parser.error(f"bench data not found: {path} does not exist; pass a character-level text with --data "
                          "PATH" + ("" if args.data is not None else " (the default is "
                                    "../shared/data/tinyshakespeare.txt next to the repository; `--which decode` "

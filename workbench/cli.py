@@ -5,14 +5,31 @@
     workbench train --attention gla --position none --out runs/gla     (any registered variant)
     workbench sample --checkpoint runs/pydoc --prompt "The "
     workbench bench                     training speed and time-to-loss against references
+
+`workbench train` never replaces a run by accident: onto a run directory that
+holds checkpoints it needs --resume (continue) or --overwrite (start over).
+It saves every --checkpoint-every steps, on Ctrl-C, and when training stops
+on a NaN/inf loss (the last good state). Exit codes: 0 done, 1 training
+stopped (NaN/inf), 2 bad input, 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +51,15 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (GQA; 1 = MQA)")
     parser.add_argument("--window", type=int, default=None, help="sliding_window: keys each query reads")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337,
+                        help="seeds the data sample, the initial weights and training (same seed, same model)")
 
 
-def _build(args, out_dir: Optional[Path] = None):
-    """Data, model and Trainer from CLI arguments and the preset."""
+def _build(args, out_dir: Optional[Path] = None, tokenizer=None, checkpoint_every: Optional[int] = 0):
+    """Data, model and Trainer from CLI arguments and the preset.
+
+    ``tokenizer``: a resumed run's own; ``checkpoint_every=None``: the preset's eval_every.
+    """
     from .data import TokenData, load_text, tokenizer_from_name
     from .models import GPT
     from .objectives import CausalLM
@@ -47,30 +68,74 @@ def _build(args, out_dir: Optional[Path] = None):
 
     chosen = preset(args.preset)
     text = load_text(args.data, n_chars=chosen.corpus_chars, seed=args.seed)
-    tokenizer = tokenizer_from_name(args.tokenizer, text)
-    data = TokenData.from_text(text, tokenizer)
+    tokenizer = tokenizer if tokenizer is not None else tokenizer_from_name(args.tokenizer, text)
+    data = TokenData.from_text(text, tokenizer, source=args.data)
     model_changes = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model,
                                            block_size=args.block_size, attention=args.attention,
                                            position=args.position, n_kv_head=args.n_kv_head,
                                            window=args.window).items() if v is not None}
     train_changes = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
                      if v is not None}
-    model = GPT(chosen.model_config(tokenizer.vocab_size, **model_changes))
+    model = GPT(chosen.model_config(tokenizer.vocab_size, **model_changes), seed=args.seed)
     config = chosen.train_config(device=args.device, seed=args.seed, **train_changes)
+    config = config.replace(checkpoint_every=config.eval_every if checkpoint_every is None else checkpoint_every)
     trainer = Trainer(model, CausalLM(), data, config, callbacks=[PrintLogger()], out_dir=out_dir)
     return chosen, text, tokenizer, data, model, trainer
 
 
+def _run_in(out: Path) -> Optional[str]:
+    """Check that ``out`` can hold a run, before any training; say what run it holds already, if any."""
+    from .train import checkpoint as ckpt
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory; choose another --out")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out} cannot be created: {existing} is a file; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} cannot be written: {existing} is not writable; choose another --out")
+    if existing != out:
+        return None
+    steps = ckpt.checkpoint_folders(out)
+    if (out / "latest.json").exists():
+        return f"{out} holds a run (latest.json, {len(steps)} checkpoint folder(s))"
+    return f"{out} holds checkpoint folders ({', '.join(p.name for p in steps)})" if steps else None
+
+
 def cmd_train(args) -> int:
+    from .train import NonFiniteLossError
+    from .train import checkpoint as ckpt
+
     out = Path(args.out)
-    chosen, _, tokenizer, data, model, trainer = _build(args, out)
-    if args.resume and (out / "latest.json").exists():
-        trainer.load_checkpoint(out)
-        print(f"resumed {out} at step {trainer.step}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite deletes it: choose one")
+    existing = _run_in(out)
+    if existing and not (args.resume or args.overwrite):
+        raise ValueError(f"{existing}. Continue it with --resume, start over with --overwrite (deletes its "
+                         "checkpoints), or choose another --out")
+    resuming = bool(existing) and args.resume
+    run_tokenizer = ckpt.load_checkpoint_tokenizer(ckpt.resolve(out)) if resuming else None
+    chosen, _, tokenizer, data, model, trainer = _build(args, out, tokenizer=run_tokenizer,
+                                                        checkpoint_every=args.checkpoint_every)
+    if resuming:
+        trainer.load_checkpoint(out, allow_new_data=args.allow_new_data)
+        print(f"resumed {out} at step {trainer.step}" + (" (with the run's own tokenizer)" if run_tokenizer else ""))
+    elif existing:  # --overwrite, now that everything else checked out
+        ckpt.remove_run(out)
+        print(f"--overwrite: removed the checkpoints in {out}")
     print(f"preset {chosen.name} | {model.summary()}")
-    print(f"data {args.data}: {data.n_tokens:,} tokens ({args.tokenizer} tokenizer, vocab {tokenizer.vocab_size})")
-    trainer.fit()
+    print(f"data {args.data}: {data.n_tokens:,} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size})")
+    try:
+        trainer.fit()
+    except NonFiniteLossError as error:
+        path = trainer.save_checkpoint()
+        print(f"error: {error}\nsaved the last good state (step {trainer.step}) to {path}; continue it with "
+              "--resume and a lower --lr", file=sys.stderr)
+        return 1
     path = trainer.save_checkpoint()
+    if trainer.interrupted:
+        print(f"saved step {trainer.step} to {path}; continue with the same command plus --resume", file=sys.stderr)
+        return 130
     print(f"saved {path} (sample with: workbench sample --checkpoint {out})")
     return 0
 
@@ -123,8 +188,20 @@ def cmd_bench(argv: Sequence[str]) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":  # the benchmark owns its flags
-        return cmd_bench(argv[1:])
+    try:
+        if argv and argv[0] == "bench":  # the benchmark owns its flags
+            return cmd_bench(argv[1:])
+        args = _parse(argv)
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); a run directory keeps its last complete checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as error:  # CheckpointError is a ValueError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,7 +209,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     train = commands.add_parser("train", help="train a GPT and save checkpoints")
     _add_training_args(train)
     train.add_argument("--out", required=True, help="run directory for checkpoints")
-    train.add_argument("--resume", action="store_true", help="continue from OUT/latest.json if present")
+    train.add_argument("--resume", action="store_true", help="continue the run in OUT (a new run if OUT has none)")
+    train.add_argument("--overwrite", action="store_true", help="start over: delete the checkpoints already in OUT")
+    train.add_argument("--allow-new-data", action="store_true",
+                       help="with --resume: continue on data other than the run's (e.g. fine-tuning)")
+    train.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                       help="save every N steps (default: the preset's eval_every; 0: only at the end)")
     train.set_defaults(handler=cmd_train)
 
     sample = commands.add_parser("sample", help="generate text from a checkpoint")
@@ -142,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sample.add_argument("--temperature", type=float, default=0.8)
     sample.add_argument("--top-k", type=int, default=None)
     sample.add_argument("--top-p", type=float, default=None)
-    sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument("--num-samples", type=_positive_int, default=1)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=cmd_sample)
 
@@ -152,12 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     commands.add_parser("bench", help="training throughput and time-to-loss benchmark (see workbench bench -h)")
 
-    args = parser.parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

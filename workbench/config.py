@@ -20,6 +20,8 @@ POSITIONS = ("learned", "rope", "alibi", "none")
 ATTENTION_MODES = ("causal", "bidirectional", "prefix")
 NORM_PLACEMENTS = ("pre", "post")
 HEADS = ("linear", "mlm")
+# ModelConfig fields that only some attention variants read (each variant lists its own in ``knobs``)
+VARIANT_KNOBS = ("window", "chunk_size", "kv_lora_rank", "q_lora_rank", "rope_head_dim", "ssm_state", "conv_kernel")
 
 
 class _Config:
@@ -120,14 +122,9 @@ class ModelConfig(_Config):
         check_choice(owner, "head", self.head, HEADS)
         for name in ("chunk_size", "ssm_state", "conv_kernel"):
             check_int(owner, name, getattr(self, name))
-        if self.window is None:
-            self.window = max(1, self.block_size // 4)
-        if self.kv_lora_rank is None:
-            self.kv_lora_rank = 4 * self.head_dim
-        if self.q_lora_rank is None:
-            self.q_lora_rank = self.kv_lora_rank
-        if self.rope_head_dim is None:
-            self.rope_head_dim = max(2, self.head_dim // 2 // 2 * 2)
+        for name in ("window", "kv_lora_rank", "q_lora_rank", "rope_head_dim"):
+            if getattr(self, name) is None:
+                setattr(self, name, self._knob_default(name))
         check_int(owner, "window", self.window)
         check_int(owner, "kv_lora_rank", self.kv_lora_rank)
         check_int(owner, "q_lora_rank", self.q_lora_rank, minimum=0)
@@ -148,16 +145,33 @@ class ModelConfig(_Config):
                 f"ModelConfig.position={self.position!r} is invalid with attention={self.attention!r}: "
                 f"{variant.position_note} Allowed positions: {', '.join(map(repr, variant.positions))}"
             )
+        for name in VARIANT_KNOBS:
+            if name not in variant.knobs and getattr(self, name) != self._knob_default(name):
+                readers = [n for n in ATTENTION.names() if name in ATTENTION.get(n).knobs]
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)!r} has no effect with attention={self.attention!r}: "
+                    f"it is read only by attention {' / '.join(map(repr, readers))}. Leave {name} unset, or "
+                    "choose an attention variant that reads it"
+                )
         if not variant.grouped_kv and self.n_kv_head != self.n_head:
             raise ValueError(
                 f"ModelConfig.n_kv_head={self.n_kv_head!r} is invalid with attention={self.attention!r}: it has no "
                 f"key/value heads to share; leave n_kv_head unset (= n_head = {self.n_head})"
             )
 
+    def _knob_default(self, name: str):
+        """The value a variant knob takes when left unset (derived from the other fields where it says so)."""
+        derived = {"window": lambda: max(1, self.block_size // 4),
+                   "kv_lora_rank": lambda: 4 * self.head_dim,
+                   "q_lora_rank": lambda: self.kv_lora_rank,
+                   "rope_head_dim": lambda: max(2, self.head_dim // 2 // 2 * 2)}
+        if name in derived:
+            return derived[name]()
+        return next(f.default for f in dataclasses.fields(self) if f.name == name)
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
-
 
 
 def _swiglu_width(d_model: int) -> int:

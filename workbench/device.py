@@ -14,7 +14,7 @@ import random
 import numpy as np
 import torch
 
-from .validation import check_choice
+from .validation import check_choice, check_int
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -48,6 +48,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None):
+    """Run the block with torch's CPU RNG seeded to ``seed``, then put the global RNG back as it was.
+
+    ``seed=None`` runs the block on the global RNG unchanged. Models are built inside this, so the
+    same seed gives the same initial weights whatever ran before.
+    """
+    if seed is None:
+        yield
+        return
+    check_int("seeded", "seed", seed, minimum=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def seed_everything(seed: int) -> torch.Generator:

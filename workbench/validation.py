@@ -5,15 +5,19 @@ it got, and what is allowed, so a learner can fix it without reading code.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 
+def is_number(value) -> bool:
+    """A finite int or float (not a bool): what every numeric knob must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_positive(owner: str, field: str, value, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = value >= 0 if allow_zero else value > 0
+    ok = is_number(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
-        need = "a number >= 0" if allow_zero else "a number > 0"
+        need = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ValueError(f"{owner}.{field}={value!r} is invalid: it must be {need}")
 
 
@@ -26,9 +30,9 @@ def check_int(owner: str, field: str, value, *, minimum: int = 1) -> None:
 
 def check_range(owner: str, field: str, value, low: float, high: float, *,
                 low_open: bool = False, high_open: bool = False) -> None:
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    above = is_number and (value > low if low_open else value >= low)
-    below = is_number and (value < high if high_open else value <= high)
+    number = is_number(value)
+    above = number and (value > low if low_open else value >= low)
+    below = number and (value < high if high_open else value <= high)
     if not (above and below):
         left = "(" if low_open else "["
         right = ")" if high_open else "]"

@@ -74,7 +74,7 @@ class TokenData:
     """Token ids split into ``train`` and ``val``, with random-window batches."""
 
     def __init__(self, ids: torch.Tensor, tokenizer: Tokenizer, *,
-                 val_fraction: float = 0.1, n_chars: int | None = None):
+                 val_fraction: float = 0.1, n_chars: int | None = None, source: str | None = None):
         check_range("TokenData", "val_fraction", val_fraction, 0.0, 1.0, low_open=True, high_open=True)
         if not isinstance(tokenizer, Tokenizer):
             raise ValueError(
@@ -89,10 +89,12 @@ class TokenData:
         self._tokenizer = tokenizer
         self.val_fraction = val_fraction
         self.n_chars = n_chars if n_chars is not None else len(tokenizer.decode(ids))
+        self.source = source  # where the text came from (a load_text spec), for messages and checkpoints
+        self._fingerprint: dict | None = None
 
     @classmethod
     def from_text(cls, text: str, tokenizer: Tokenizer, *, val_fraction: float = 0.1,
-                  cache_dir=None) -> "TokenData":
+                  cache_dir=None, source: str | None = None) -> "TokenData":
         """Tokenize ``text`` (through the on-disk cache) and split it."""
         if not isinstance(text, str) or not text:
             raise ValueError("TokenData.from_text needs a non-empty str; load one with load_text(...)")
@@ -103,7 +105,7 @@ class TokenData:
                 "make one with tokenizer_from_name('char', text)"
             )
         ids = tokenize(text, tokenizer, cache_dir)
-        return cls(ids, tokenizer, val_fraction=val_fraction, n_chars=len(text))
+        return cls(ids, tokenizer, val_fraction=val_fraction, n_chars=len(text), source=source)
 
     @classmethod
     def from_spec(cls, spec: str, tokenizer: str | Tokenizer = "char", *, n_chars: int | None = None,
@@ -112,7 +114,7 @@ class TokenData:
         text = load_text(spec, n_chars=n_chars, seed=seed)
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = tokenizer_from_name(tokenizer, text)
-        return cls.from_text(text, tokenizer, val_fraction=val_fraction, cache_dir=cache_dir)
+        return cls.from_text(text, tokenizer, val_fraction=val_fraction, cache_dir=cache_dir, source=spec)
 
     # -- what the data is -------------------------------------------------
     @property
@@ -139,6 +141,23 @@ class TokenData:
     def chars_per_token(self) -> float:
         """Characters per token: loss per char = loss per token / chars_per_token."""
         return self.n_chars / self.n_tokens
+
+    def fingerprint(self) -> dict:
+        """What this data is, for checkpoints: the tokenizer and the token ids (with the split), hashed.
+
+        Two TokenData with equal fingerprints give a model the same training and validation tokens,
+        which is what resuming a run needs.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(f"{len(self._train)}/{len(self._val)}".encode())
+            digest.update(self._train.numpy().tobytes())
+            digest.update(self._val.numpy().tobytes())
+            self._fingerprint = {
+                "source": self.source, "tokens": self.n_tokens, "tokens_sha256": digest.hexdigest(),
+                "tokenizer": self._tokenizer.kind, "vocab_size": self.vocab_size,
+                "tokenizer_sha256": hashlib.sha256(self._tokenizer.to_json().encode("utf-8")).hexdigest(),
+            }
+        return dict(self._fingerprint)
 
     # -- batches ----------------------------------------------------------
     def check_block(self, length: int) -> None:

@@ -40,6 +40,7 @@ reads it back; ``load_tokenizer(path)`` dispatches on it.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -166,11 +167,15 @@ class Tokenizer(ABC):
                 )
             ids = ids.tolist()
         try:
-            ids = [int(i) for i in ids]
-        except (TypeError, ValueError):
+            not_ids = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        except TypeError:  # not iterable
+            not_ids = [ids]
+        if not_ids:  # int(4.9) would silently read id 4
             raise ValueError(
-                f"{type(self).__name__} expects a list of integer token ids, got {ids!r}"
-            ) from None
+                f"{type(self).__name__} expects integer token ids, got {not_ids[:5]!r}; "
+                "pass ids as ints (round or cast them yourself if that is what you mean)"
+            )
+        ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(

@@ -36,7 +36,9 @@ dropdown lists ``ATTENTION.names()``. A variant is an ``nn.Module`` built as
 and class attributes that configs and the model check up front:
 ``positions`` (the position schemes it works with, and ``position_note``
 saying why not the others), ``modes`` (the attention modes it can run) and
-``grouped_kv`` (whether ``n_kv_head`` < ``n_head`` means anything to it).
+``grouped_kv`` (whether ``n_kv_head`` < ``n_head`` means anything to it)
+and ``knobs`` (the variant-specific ModelConfig fields it reads, such as
+``window``; a config that sets another variant's knob is rejected).
 Optionally a static ``rotary_dim(config)``: how many channels per head RoPE
 rotates, when that is not ``head_dim`` (the GPT builds ``ctx.rope`` that wide).
 
@@ -208,6 +210,7 @@ class MultiHeadAttention(nn.Module):
     modes = ("causal", "bidirectional", "prefix")
     mode_note = ""
     grouped_kv = True
+    knobs: tuple[str, ...] = ()
 
     def __init__(self, config, layer_index: int = 0):
         super().__init__()

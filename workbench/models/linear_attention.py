@@ -66,6 +66,7 @@ class RecurrentMixer(nn.Module):
     modes = ("causal",)
     mode_note = "a recurrence reads the tokens left to right, so no token can see a later one"
     grouped_kv = False
+    knobs: tuple[str, ...] = ("chunk_size",)
 
     def __init__(self, config, layer_index: int = 0):
         super().__init__()

@@ -99,6 +99,7 @@ class MultiHeadLatentAttention(nn.Module):
     modes = ("causal", "bidirectional", "prefix")
     mode_note = ""
     grouped_kv = False
+    knobs = ("kv_lora_rank", "q_lora_rank", "rope_head_dim")
 
     @staticmethod
     def rotary_dim(config) -> int:

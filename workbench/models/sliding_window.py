@@ -61,6 +61,7 @@ class SlidingWindowAttention(MultiHeadAttention):
 
     modes = ("causal",)
     mode_note = "its window is the W most recent tokens, a causal notion"
+    knobs = ("window",)
 
     def __init__(self, config, layer_index: int = 0):
         super().__init__(config, layer_index)

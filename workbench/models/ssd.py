@@ -56,6 +56,7 @@ class SSDMixer(RecurrentMixer):
 
     name = "ssd"
     expand = 2
+    knobs = ("chunk_size", "ssm_state", "conv_kernel")
 
     def __init__(self, config, layer_index: int = 0):
         super().__init__(config, layer_index)

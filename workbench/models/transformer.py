@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..device import seeded
 from .attention import ATTENTION, AttentionContext
 from .mlp import activation, make_mlp
 from .norms import make_norm
@@ -103,9 +104,19 @@ class ModelOutput:
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """A decoder-only Transformer (GPT-2's shape) assembled from the parts named in ``config``.
+
+    ``seed`` makes the initial weights a function of the seed alone (torch's global RNG is left as it
+    was); without it they come from the global RNG, as in any torch module.
+    """
+
+    def __init__(self, config: ModelConfig, seed: Optional[int] = None):
         super().__init__()
         self.config = config
+        with seeded(seed):  # the initial weights are drawn inside
+            self._build(config)
+
+    def _build(self, config: ModelConfig) -> None:
         self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.positions = LearnedPositions(config.block_size, config.d_model) if config.position == "learned" else None
         self.rope = RotaryEmbedding(rotary_dim(config), config.rope_base) if config.position == "rope" else None

@@ -2,7 +2,7 @@
 from .callbacks import Callback, PrintLogger
 from .checkpoint import CheckpointError, load_model, save_model
 from .schedule import warmup_cosine
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import BrokenUpdateError, NonFiniteLossError, Trainer
 
 __all__ = ["Callback", "PrintLogger", "CheckpointError", "load_model", "save_model", "warmup_cosine",
-           "NonFiniteLossError", "Trainer"]
+           "BrokenUpdateError", "NonFiniteLossError", "Trainer"]

@@ -243,3 +243,19 @@ def load_checkpoint_tokenizer(directory: Path):
     from ..data.tokenizers import load_tokenizer
 
     return load_tokenizer(file)
+
+
+# ---------------------------------------------------------------- run directories
+def checkpoint_folders(run_dir) -> list[Path]:
+    """The step-* checkpoint folders of a run directory, oldest first."""
+    return sorted(p for p in Path(run_dir).glob("step-*") if p.is_dir())
+
+
+def remove_run(run_dir) -> None:
+    """Delete a run's checkpoints (step-* folders, latest.json and leftover temporaries), nothing else."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / "latest.json"
+    if pointer.is_file():
+        pointer.unlink()
+    for folder in checkpoint_folders(run_dir):
+        shutil.rmtree(folder)

@@ -14,9 +14,14 @@ Guarantees a classroom needs:
   the half-done step back (gradients cleared, RNG states restored), so model,
   optimizer and history are intact and ``fit()`` continues as if never
   stopped. The optimizer update itself is shielded from the interrupt.
-* **No silent divergence.** A NaN or inf loss (or gradient) stops training
-  with ``NonFiniteLossError`` before it touches the weights, keeping the last
-  good state.
+* **No silent divergence.** A NaN or inf loss (or gradient), or an update
+  too large for the weights' float type, stops training with
+  ``NonFiniteLossError`` before it touches the weights, keeping the last good
+  state. Should the optimizer itself fail half-way through an update, the
+  Trainer refuses to save or continue that state (``reload`` the checkpoint).
+* **It knows its data.** A checkpoint records the tokenizer and a hash of
+  the tokens it was trained on; resuming on other data is refused unless
+  asked for (``allow_new_data=True``), and on another tokenizer always.
 """
 from __future__ import annotations
 
@@ -33,13 +38,18 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, autocast_dtype, pick_device, seed_everything
+from ..validation import check_int
 from . import checkpoint as ckpt
 from .callbacks import Callback, PrintLogger
 from .schedule import warmup_cosine
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or gradient became NaN/inf; the model keeps its last good state."""
+    """The loss, the gradient or the update became NaN/inf; the model keeps its last good state."""
+
+
+class BrokenUpdateError(RuntimeError):
+    """The optimizer failed half-way through an update: the weights are no longer a state of the run."""
 
 
 class Trainer:
@@ -65,6 +75,8 @@ class Trainer:
         self.history: dict[str, list[dict]] = {"train": [], "eval": []}
         self.elapsed = 0.0  # wall seconds spent in fit(), evaluation included
         self.tokens_seen = 0
+        self.interrupted = False  # the last fit() was stopped by Ctrl-C / the stop button
+        self._broken: Optional[str] = None  # why the state is unusable (a half-applied update), if it is
         self._forward_model = torch.compile(self.model) if self.config.compile else self.model
 
     # ------------------------------------------------------------------ setup
@@ -88,8 +100,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self, steps: Optional[int] = None) -> dict:
-        """Train until ``config.steps`` (or for ``steps`` more steps). Returns the history."""
+        """Train until ``config.steps`` (or for ``steps`` more steps). Returns the history.
+
+        Ctrl-C (Jupyter's stop button) ends it cleanly between steps and sets ``interrupted``.
+        """
+        if steps is not None:
+            check_int("Trainer.fit", "steps", steps, minimum=0)
+        self._check_usable()
         target = self.config.steps if steps is None else self.step + steps
+        self.interrupted = False
         for callback in self.callbacks:
             callback.on_train_begin(self)
         bar = tqdm(total=target, initial=self.step, desc="training", unit="step", leave=False)
@@ -111,8 +130,9 @@ class Trainer:
                         self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint()
         except KeyboardInterrupt:
-            print(f"Interrupted at step {self.step}: model, optimizer and history are intact; "
-                  "call fit() again to continue.")
+            self.interrupted = True
+            print(f"Interrupted after step {self.step}: model, optimizer and history are intact; "
+                  "fit() continues from here.")
         finally:
             self._fitting = False
             self._rng_state = _global_rng_state()
@@ -141,13 +161,14 @@ class Trainer:
                 loss_value = float(out.loss.detach())
                 if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
-                        f"the loss became {loss_value} at step {self.step} (lr={lr:.2e}); training stopped and "
-                        f"the model keeps its state after step {self.step - 1}. Lower lr, lengthen warmup, "
+                        f"the loss became {loss_value} at step {self.step + 1} (lr={lr:.2e}); training stopped "
+                        f"and the model keeps its state after step {self.step}. Lower lr, lengthen warmup, "
                         "or set grad_clip > 0"
                     )
                 (out.loss / self.config.grad_accum).backward()
                 total += loss_value / self.config.grad_accum
             grad_norm = self._clip_gradients()
+            self._check_update_fits()
         except (KeyboardInterrupt, NonFiniteLossError):
             self.optimizer.zero_grad(set_to_none=True)
             self.generator.set_state(snapshot[0])
@@ -156,7 +177,14 @@ class Trainer:
                 torch.cuda.set_rng_state_all(snapshot[2])
             raise
         with _shielded_from_interrupt():  # commit the step as one unit
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            except Exception as error:
+                self._broken = (f"the optimizer failed half-way through the update of step {self.step + 1} "
+                                f"({type(error).__name__}: {error}), so the weights are no longer the state "
+                                f"after step {self.step}")
+                raise BrokenUpdateError(f"{self._broken}. Nothing was saved; reload the last checkpoint "
+                                        "with trainer.load_checkpoint(run_dir)") from error
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.tokens_seen += self.tokens_per_step
@@ -173,10 +201,37 @@ class Trainer:
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(norm):
             raise NonFiniteLossError(
-                f"the gradient norm became {norm} at step {self.step}; training stopped and the model keeps "
-                f"its state after step {self.step - 1}. Lower lr or set grad_clip > 0"
+                f"the gradient norm became {norm} at step {self.step + 1}; training stopped and the model keeps "
+                f"its state after step {self.step}. Lower lr or set grad_clip > 0"
             )
         return norm
+
+    def _check_update_fits(self) -> None:
+        """Refuse an AdamW update whose scalars overflow the weights' float type, before it starts.
+
+        AdamW (Loshchilov & Hutter 2019, Alg. 2) scales the weights by 1 - lr * weight_decay and moves them
+        by lr / (1 - beta1^t) * m / (sqrt(v) + eps); torch converts those scalars to the weights' dtype and
+        raises mid-update when one overflows (lr = 1e39 in float32), after the moments already changed.
+        """
+        t = self.step + 1
+        for group in self.optimizer.param_groups:
+            if not group["params"]:
+                continue
+            largest = torch.finfo(group["params"][0].dtype).max
+            lr, beta1 = group["lr"], group["betas"][0]
+            for what, value in (("lr", lr), ("1 - lr * weight_decay", 1 - lr * group["weight_decay"]),
+                                ("the step size lr / (1 - beta1^t)", lr / (1 - beta1 ** t))):
+                if not (math.isfinite(value) and abs(value) <= largest):
+                    raise NonFiniteLossError(
+                        f"the update of step {t} would overflow: {what} = {value:.3g} does not fit in "
+                        f"{group['params'][0].dtype} (lr={lr:.3g}); training stopped and the model keeps its "
+                        f"state after step {self.step}. Lower lr"
+                    )
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise BrokenUpdateError(f"{self._broken}; reload the last checkpoint with "
+                                    "trainer.load_checkpoint(run_dir) before training or saving")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -209,9 +264,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path=None) -> Path:
-        """Save everything needed to resume exactly. Default: out_dir/step-XXXXXX + latest.json."""
+        """Save everything needed to resume exactly. Default: out_dir/step-XXXXXX + latest.json.
+
+        Ctrl-C during the save is held back until the checkpoint and its pointer are written.
+        """
         if path is None and self.out_dir is None:
             raise ValueError("save_checkpoint needs a path, or build the Trainer with out_dir=...")
+        self._check_usable()
         run_dir = Path(path) if path is not None else self.out_dir
         opt_tensors, opt_meta = ckpt.optimizer_tensors(self.optimizer)
         torch_rng, cuda_rng = _global_rng_state() if self._fitting else self._rng_state
@@ -220,20 +279,52 @@ class Trainer:
             rng["rng.cuda"] = torch.stack(cuda_rng)
         meta = {"model_config": self.model.config.to_dict(), "train_config": self.config.to_dict(),
                 "step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen,
-                "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None)}
+                "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None),
+                "data": self._data_fingerprint()}
         extra = {"tokenizer.json": self.tokenizer.to_json()} if self.tokenizer is not None else None
-        directory = ckpt.write_checkpoint(
-            run_dir / f"step-{self.step:06d}",
-            {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
-            meta, extra)
-        ckpt.point_latest(run_dir, directory)
-        ckpt.prune(run_dir, self.config.keep_checkpoints)
+        with _shielded_from_interrupt():
+            directory = ckpt.write_checkpoint(
+                run_dir / f"step-{self.step:06d}",
+                {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
+                meta, extra)
+            ckpt.point_latest(run_dir, directory)
+            ckpt.prune(run_dir, self.config.keep_checkpoints)
         return directory
 
-    def load_checkpoint(self, path) -> None:
+    def _data_fingerprint(self) -> Optional[dict]:
+        """What the data says it is (TokenData.fingerprint: tokenizer and token hashes), or None."""
+        fingerprint = getattr(self.data, "fingerprint", None)
+        return fingerprint() if callable(fingerprint) else None
+
+    def _check_same_data(self, directory: Path, saved: Optional[dict], allow_new_data: bool) -> None:
+        """Refuse to resume on another tokenizer (ids would mean other tokens) or, unless allowed, other text."""
+        current = self._data_fingerprint()
+        if not saved or not current:
+            return
+
+        def describe(f: dict) -> str:
+            source = f" from {f['source']!r}" if f.get("source") else ""
+            return f"{f['tokens']:,} tokens{source}, {f['tokenizer']} tokenizer with {f['vocab_size']} ids"
+
+        if saved["tokenizer_sha256"] != current["tokenizer_sha256"]:
+            raise ckpt.CheckpointError(
+                f"{directory} was trained with another tokenizer ({describe(saved)}) than this data's "
+                f"({describe(current)}): the same ids would mean other tokens. Encode the text with the run's "
+                "tokenizer (workbench.train.checkpoint.load_checkpoint_tokenizer(path); `workbench train --resume` "
+                "does this itself)"
+            )
+        if saved["tokens_sha256"] != current["tokens_sha256"] and not allow_new_data:
+            raise ckpt.CheckpointError(
+                f"{directory} was trained on other data ({describe(saved)}) than this ({describe(current)}). "
+                "Resume with the run's data, or continue on the new data on purpose with allow_new_data=True "
+                "(workbench train --allow-new-data)"
+            )
+
+    def load_checkpoint(self, path, *, allow_new_data: bool = False) -> None:
         """Restore weights, optimizer, step, history and RNG from a checkpoint of the same model config.
 
-        Everything is read and checked before anything is changed.
+        Everything is read and checked before anything is changed. A checkpoint trained on other data
+        is refused unless ``allow_new_data`` (continuing on new text on purpose, e.g. fine-tuning).
         """
         directory, meta = ckpt.read_checkpoint(path)
         stored = ModelConfig.from_dict(meta["model_config"])
@@ -246,6 +337,7 @@ class Trainer:
             )
         if "optimizer" not in meta:
             raise ckpt.CheckpointError(f"{directory} holds weights only (no optimizer state); it cannot resume training")
+        self._check_same_data(directory, meta.get("data"), allow_new_data)
         model_state = ckpt.read_tensors(directory, "model.safetensors")
         trainer_state = ckpt.read_tensors(directory, "trainer.safetensors")
         ckpt.load_model_tensors(self.model, model_state)
@@ -259,9 +351,11 @@ class Trainer:
         self.elapsed = meta.get("elapsed", 0.0)
         self.tokens_seen = meta.get("tokens_seen", 0)
         self.history = meta["history"]
+        self._broken = None
 
     @classmethod
-    def resume(cls, path, objective, data, callbacks=None, out_dir=None, **config_changes) -> "Trainer":
+    def resume(cls, path, objective, data, callbacks=None, out_dir=None, *, allow_new_data: bool = False,
+               **config_changes) -> "Trainer":
         """Rebuild model and Trainer from a checkpoint and restore its state."""
         from ..models import GPT
 
@@ -271,7 +365,7 @@ class Trainer:
         if out_dir is None:  # keep saving into the run directory, also when resuming from a step-* folder
             out_dir = Path(path) if (Path(path) / "latest.json").is_file() else directory.parent
         trainer = cls(model, objective, data, config, callbacks=callbacks, out_dir=out_dir)
-        trainer.load_checkpoint(path)
+        trainer.load_checkpoint(path, allow_new_data=allow_new_data)
         return trainer
 
 
