@@ -291,3 +291,14 @@ def test_sigint_during_training_saves_and_resumes_bitwise(tmp_path, cli_env):
         assert finished.returncode == 0, finished.stderr
     stopped, straight = weights(tmp_path / "stopped"), weights(tmp_path / "straight")
     assert all(torch.equal(stopped[k], straight[k]) for k in straight)
+
+
+def test_sigint_in_the_first_second_is_one_line_not_a_traceback(tmp_path, cli_env):
+    """Ctrl-C while torch is still being imported (or the data loaded): exit 130, one line, nothing written."""
+    process = subprocess.Popen(_cli("train", *TINY, "--steps", "300", "--out", str(tmp_path / "run")), env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("interrupted") or "--resume" in stderr

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .interrupts import held_interrupts
+
 
 def _positive_int(text: str) -> int:
     try:
@@ -189,6 +191,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        with held_interrupts():  # Ctrl-C in the first seconds must not leave a library half imported
+            _import_libraries()
         if argv and argv[0] == "bench":  # the benchmark owns its flags
             return cmd_bench(argv[1:])
         args = _parse(argv)
@@ -199,6 +203,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, OSError, RuntimeError) as error:  # CheckpointError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _import_libraries() -> None:
+    """The heavy imports every command needs (torch, datasets, tokenizers), done in one place."""
+    import torch  # noqa: F401
+
+    from . import data, models, train  # noqa: F401
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -25,10 +25,7 @@ Guarantees a classroom needs:
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -38,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig, TrainConfig
 from ..device import autocast, autocast_dtype, pick_device, seed_everything
+from ..interrupts import held_interrupts
 from ..validation import check_int
 from . import checkpoint as ckpt
 from .callbacks import Callback, PrintLogger
@@ -176,7 +174,7 @@ class Trainer:
             if snapshot[2] is not None:
                 torch.cuda.set_rng_state_all(snapshot[2])
             raise
-        with _shielded_from_interrupt():  # commit the step as one unit
+        with held_interrupts():  # commit the step as one unit
             try:
                 self.optimizer.step()
             except Exception as error:
@@ -282,7 +280,7 @@ class Trainer:
                 "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None),
                 "data": self._data_fingerprint()}
         extra = {"tokenizer.json": self.tokenizer.to_json()} if self.tokenizer is not None else None
-        with _shielded_from_interrupt():
+        with held_interrupts():
             directory = ckpt.write_checkpoint(
                 run_dir / f"step-{self.step:06d}",
                 {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
@@ -377,19 +375,3 @@ def _set_global_rng_state(state) -> None:
     torch.set_rng_state(state[0])
     if state[1] is not None:
         torch.cuda.set_rng_state_all(state[1])
-
-
-@contextlib.contextmanager
-def _shielded_from_interrupt():
-    """Delay Ctrl-C / Jupyter's stop button until the block ends, so an update is never half-applied."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
