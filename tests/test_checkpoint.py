@@ -1,5 +1,7 @@
 """Checkpoints: round trips, pruning, clear errors that change nothing, and crash-safe saving."""
 import json
+import re
+import shutil
 import os
 import pathlib
 
@@ -284,3 +286,241 @@ def test_tokenizer_travels_with_the_checkpoint(tmp_path):
     trainer.save_checkpoint()
     _, from_run = load_model(tmp_path / "run")
     assert from_run.encode("hello") == tokenizer.encode("hello")
+
+
+# ---------------------------------------------------------------- damaged run directories: one CheckpointError
+def _meta_path(run):
+    return run / latest(run) / "checkpoint.json"
+
+
+def _edit_meta(run, change):
+    meta = json.loads(_meta_path(run).read_text())
+    change(meta)
+    _meta_path(run).write_text(json.dumps(meta))
+
+
+def _fails_everywhere(tmp_path, run, match):
+    """load_model, Trainer.load_checkpoint and Trainer.resume all raise CheckpointError and change nothing."""
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    target, weights, moment = _target(tmp_path)
+    with pytest.raises(CheckpointError, match=match):
+        target.load_checkpoint(run)
+    _unchanged(target, weights, moment)
+    with pytest.raises(CheckpointError, match=match):
+        load_model(run)
+    with pytest.raises(CheckpointError, match=match):
+        Trainer.resume(run, CausalLM(), markov_data(), callbacks=[])
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted or renamed
+
+
+def _put(path, content):
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+
+
+def _set_file(key, value):
+    return lambda meta: meta["files"]["model.safetensors"].update({key: value})
+
+
+WEIGHTS = "files['model.safetensors']"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ('[1, 2]', "a JSON list, not an object"),
+    ('"step-000002"', "a JSON string, not an object"),
+    (b'{"format": "\xff\xfe\x80"}', "not UTF-8 text: invalid start byte at byte 12"),
+    (lambda m: m.pop("model_config"), "model_config is missing; it must be an object of ModelConfig fields"),
+    (lambda m: m.update(model_config=["gpt"]), "model_config is a JSON list; it must be an object"),
+    (lambda m: m["model_config"].update(n_layer=-1), "model_config: ModelConfig.n_layer=-1 is invalid"),
+    (lambda m: m["model_config"].update(colour="red"), "model_config: ModelConfig has no field(s) 'colour'"),
+    (lambda m: m.pop("files"), "files is missing; it must be an object with each file's bytes and sha256"),
+    (lambda m: m.update(files=["model.safetensors"]), "files is a JSON list; it must be an object"),
+    (lambda m: m["files"].pop("model.safetensors"), "files does not list model.safetensors, so the weights"),
+    (lambda m: m["files"]["model.safetensors"].pop("sha256"), f"{WEIGHTS}['sha256'] is missing; it must be the"),
+    (lambda m: m["files"]["model.safetensors"].pop("bytes"), f"{WEIGHTS}['bytes'] is missing; it must be the"),
+    (_set_file("sha256", 12), f"{WEIGHTS}['sha256'] is 12; it must be the file's sha256 (64 hex digits)"),
+    (_set_file("bytes", "many"), f"{WEIGHTS}['bytes'] is \"many\"; it must be the file's size (an integer >= 0)"),
+    (lambda m: m["files"].update({"model.safetensors": "abc"}), f'{WEIGHTS} is "abc"; it must be an object'),
+    (lambda m: m["files"].update({"../step-000002/x": {}}), "files names '../step-000002/x', which is not a file"),
+])
+def test_damaged_checkpoint_json_names_the_file_and_changes_nothing(tmp_path, damage, reason):
+    run = _trained(tmp_path)
+    if callable(damage):
+        _edit_meta(run, damage)
+    else:
+        _put(_meta_path(run), damage)
+    _fails_everywhere(tmp_path, run, re.escape(f"{_meta_path(run)} is corrupt ({reason}"))
+
+
+@pytest.mark.parametrize("pointer, reason", [
+    ('{"checkpoint": 5}', 'its "checkpoint" is 5, not a folder name'),
+    ('{"checkpoint": null}', 'its "checkpoint" is null, not a folder name'),
+    ('{}', 'its "checkpoint" is missing, not a folder name'),
+    ('["step-000002"]', "a JSON list, not an object"),
+    ('{"checkpoint": "step-0000', "not valid JSON: Unterminated string"),
+    (b'\x00\xff\xfe\x80garbage', "not UTF-8 text: invalid start byte at byte 1"),
+    ('{"checkpoint": "../run/step-000002"}', 'its "checkpoint" is "../run/step-000002", not a folder name'),
+    ('{"checkpoint": "/tmp"}', 'its "checkpoint" is "/tmp", not a folder name'),
+    ('{"checkpoint": ".."}', 'its "checkpoint" is "..", not a folder name'),
+    ('{"checkpoint": ""}', 'its "checkpoint" is "", not a folder name'),
+])
+def test_damaged_latest_json_names_the_file_and_changes_nothing(tmp_path, pointer, reason):
+    run = _trained(tmp_path)
+    _put(run / "latest.json", pointer)
+    fix = "; the run holds step-000002: point latest.json at one of them, or pass that folder"
+    _fails_everywhere(tmp_path, run, re.escape(f"{run / 'latest.json'} is corrupt ({reason}") + ".*" + re.escape(fix))
+
+
+def test_latest_json_pointing_at_a_missing_step_names_the_ones_that_exist(tmp_path):
+    trainer = make_trainer(tmp_path / "run", checkpoint_every=2, keep_checkpoints=5)
+    trainer.fit(steps=4)
+    run = tmp_path / "run"
+    (run / "latest.json").write_text('{"checkpoint": "step-000006"}')
+    _fails_everywhere(tmp_path, run, re.escape(
+        f"{run / 'latest.json'} points at step-000006, which is missing; the run holds step-000002, "
+        f"step-000004: point latest.json at one of them, or pass that folder"))
+    for name in step_dirs(run):
+        shutil.rmtree(run / name)
+    _fails_everywhere(tmp_path, run, r"which is missing; the run holds no step-\* folder")
+
+
+def _set_meta(**values):
+    return lambda meta: meta.update(values)
+
+
+def _set_optimizer(**values):
+    return lambda meta: meta["optimizer"].update(values)
+
+
+INTEGER, OBJECT, GROUP = "it must be an integer >= 0", "it must be an object", "an object with a params list"
+GROUPS = "optimizer['param_groups'] holds groups of"
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_set_meta(step="five"), f'step is "five"; {INTEGER}'),
+    (_set_meta(step=-3), f"step is -3; {INTEGER}"),
+    (_set_meta(step=True), f"step is true; {INTEGER}"),
+    (_set_meta(step=2.0), f"step is 2.0; {INTEGER}"),
+    (lambda m: m.pop("step"), f"step is missing; {INTEGER}"),
+    (_set_meta(elapsed=-1.0), "elapsed is -1.0; it must be a finite number >= 0"),
+    (_set_meta(elapsed=float("nan")), "elapsed is NaN; it must be a finite number >= 0"),
+    (_set_meta(elapsed="1s"), 'elapsed is "1s"; it must be a finite number >= 0'),
+    (_set_meta(tokens_seen=-5), f"tokens_seen is -5; {INTEGER}"),
+    (_set_meta(tokens_seen=1.5), f"tokens_seen is 1.5; {INTEGER}"),
+    (_set_meta(history=[]), f"history is a JSON list; {OBJECT} with train and eval lists"),
+    (_set_meta(history={"train": []}), "history['eval'] is missing; it must be a list"),
+    (_set_meta(history={"train": [1], "eval": []}), f"history['train'][0] is 1; {OBJECT}"),
+    (_set_meta(optimizer=[]), f"optimizer is a JSON list; {OBJECT} with param_groups and scalars"),
+    (lambda m: m["optimizer"].pop("param_groups"), "optimizer['param_groups'] is missing; it must be a list"),
+    (_set_optimizer(param_groups=[{"lr": 1}]), f"optimizer['param_groups'][0] is a JSON object; it must be {GROUP}"),
+    (_set_optimizer(param_groups=[{"params": ["a"]}]), f"optimizer['param_groups'][0] is a JSON object; it must"),
+    (_set_optimizer(scalars=[]), f"optimizer['scalars'] is a JSON list; {OBJECT}"),
+    (_set_optimizer(scalars={"step": 1}), "optimizer['scalars'] has the key 'step'; keys must read '<parameter"),
+    (_set_meta(train_config="fast"), f'train_config is "fast"; {OBJECT} of TrainConfig fields'),
+    (lambda m: m["train_config"].update(lr="fast"), "train_config: TrainConfig.lr='fast' is invalid"),
+    (lambda m: m.pop("train_config"), f"train_config is missing; {OBJECT} of TrainConfig fields"),
+    (lambda m: m["files"].pop("trainer.safetensors"), "files does not list trainer.safetensors, so the optimizer"),
+    (lambda m: m["optimizer"]["param_groups"].pop(), f"{GROUPS} [10] parameters; this model's optimizer has [10, 18]"),
+    (lambda m: m["optimizer"]["param_groups"][1]["params"].pop(), f"{GROUPS} [10, 17] parameters; this model's"),
+    (_set_meta(data=[]), "data is a JSON list; it must be null or an object with tokens, tokens_sha256"),
+    (_set_meta(data={"tokens": 5, "tokens_sha256": "ab"}), "data is a JSON object; it must be null or an object"),
+])
+def test_bad_training_state_cannot_resume_but_the_weights_still_load(tmp_path, damage, reason):
+    run = _trained(tmp_path)
+    _edit_meta(run, damage)
+    target, weights, moment = _target(tmp_path)
+    match = re.escape(f"{_meta_path(run)} is corrupt ({reason}")
+    with pytest.raises(CheckpointError, match=match):
+        target.load_checkpoint(run)
+    _unchanged(target, weights, moment)
+    with pytest.raises(CheckpointError, match=match):
+        Trainer.resume(run, CausalLM(), markov_data(), callbacks=[])
+    load_model(run)  # weights-only readers need none of it
+
+
+def test_weights_only_checkpoint_cannot_resume(tmp_path):
+    save_model(tiny_model(), tmp_path / "m")
+    with pytest.raises(CheckpointError, match="holds weights only"):
+        Trainer.resume(tmp_path / "m", CausalLM(), markov_data(), callbacks=[])
+
+
+def _replace_with_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+def _unlisted_tokenizer(step, text):
+    """A tokenizer.json the metadata does not list, so no hash protects it."""
+    (step / "tokenizer.json").write_text(text) if text else (step / "tokenizer.json").mkdir()
+    meta = json.loads((step / "checkpoint.json").read_text())
+    meta["files"].pop("tokenizer.json", None)
+    (step / "checkpoint.json").write_text(json.dumps(meta))
+
+
+WRONG_KINDS = {
+    "latest.json is a folder": (lambda run, step: _replace_with_folder(run / "latest.json"),
+                                r"latest.json is not a file; the run holds step-000002: point latest.json at"),
+    "checkpoint.json is a folder": (lambda run, step: _replace_with_folder(step / "checkpoint.json"),
+                                    r"step-000002/checkpoint.json is not a file"),
+    "weights are a folder": (lambda run, step: _replace_with_folder(step / "model.safetensors"),
+                             r"step-000002/model.safetensors is not a file"),
+    "latest points at a file": (lambda run, step: shutil.rmtree(step) or step.write_text("x"),
+                                r"points at step-000002, which is not a folder"),
+    "tokenizer.json is garbage": (lambda run, step: _unlisted_tokenizer(step, "garbage"),
+                                  r"step-000002/tokenizer.json is corrupt \(.*not an LM Workbench tokenizer"),
+    "tokenizer.json is a folder": (lambda run, step: _unlisted_tokenizer(step, None),
+                                   r"step-000002/tokenizer.json is corrupt \(.*is a directory"),
+}
+
+
+@pytest.mark.parametrize("damage", WRONG_KINDS)
+def test_files_of_the_wrong_kind(tmp_path, damage):
+    run = _trained(tmp_path)
+    setup, match = WRONG_KINDS[damage]
+    setup(run, run / "step-000002")
+    with pytest.raises(CheckpointError, match=match):
+        load_model(run)
+
+
+def test_a_file_instead_of_a_folder(tmp_path):
+    run = _trained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint.json is a file, not a checkpoint folder; pass the run"):
+        load_model(run / "step-000002" / "checkpoint.json")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/pid_max"), reason="needs Linux pid_max for a dead pid")
+def test_stale_temporaries_of_killed_saves_are_cleaned_safely(tmp_path):
+    """A kill -9 mid-save leaves dot-folders; the next save removes those of dead processes, nothing else."""
+    run = tmp_path / "run"
+    trainer = make_trainer(run, keep_checkpoints=5)
+    trainer.fit(steps=2)
+    trainer.save_checkpoint()
+    pid_max = int(pathlib.Path("/proc/sys/kernel/pid_max").read_text())
+    dead, dead2, live, mine = pid_max + 1, pid_max + 7, os.getppid(), os.getpid()
+    # killed between the two renames of a re-save: the .old folder is the only copy of step-000002
+    os.rename(run / "step-000002", run / f".step-000002.old-{dead}")
+    with pytest.raises(CheckpointError, match=rf"rename .step-000002.old-{dead} back to step-000002"):
+        load_model(run)  # reading explains, and changes nothing
+    assert (run / f".step-000002.old-{dead}").is_dir()
+    stale = [f".step-000004.tmp-{dead}", f".step-000003.tmp-{mine}", f".step-000004.old-{dead2}"]
+    kept = [f".step-000008.tmp-{live}", f".step-000009.old-{live}", ".step-000004.tmp-x", f".stepx.tmp-{dead}",
+            f".step-000004.tmp-{dead}.keep", f".step-01.tmp-{dead}-1", f".latest.json.tmp-{dead}.d", "notes"]
+    for name in stale + kept:
+        (run / name).mkdir()
+        (run / name / "junk").write_text("x")
+    (run / f".latest.json.tmp-{dead}").write_text("{}")
+    (run / f".latest.json.tmp-{live}").write_text("{}")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep").write_text("x")
+    (run / f".step-000010.tmp-{dead}").symlink_to(tmp_path / "elsewhere")
+    (run / "step-000004").mkdir()  # .step-000004.old-<dead2> is a leftover of a finished swap
+    (run / "step-000004" / "junk").write_text("x")
+
+    trainer.fit(steps=4)
+    trainer.save_checkpoint()
+    left = sorted(p.name for p in run.iterdir() if p.name.startswith(".") or p.name == "notes")
+    assert left == sorted(kept + [f".latest.json.tmp-{live}", f".step-000010.tmp-{dead}"])
+    assert step_dirs(run) == ["step-000002", "step-000004", "step-000006"]
+    assert (run / "step-000004" / "junk").exists()  # a step-* folder is never touched by the sweep
+    assert (tmp_path / "elsewhere" / "keep").exists()
+    load_model(run / "step-000002")
+    assert json.loads((run / "step-000002" / "checkpoint.json").read_text())["step"] == 2

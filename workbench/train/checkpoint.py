@@ -14,13 +14,19 @@ A checkpoint is written to a temporary folder and renamed into place, and
 ``latest.json`` is replaced atomically afterwards, so a crash mid-save never
 leaves ``latest`` pointing at a half-written checkpoint. Loading verifies
 every file's size and hash before touching the model, so a truncated or
-foreign file gives one clear error and changes nothing.
+foreign file gives one clear error and changes nothing. Every way a run
+directory can be damaged (a hand-edited pointer, binary garbage, a missing
+field, a negative step) raises one ``CheckpointError`` that names the file,
+the problem and the fix. A save killed outright (kill -9, power loss) leaves
+dot-named temporaries behind; the next save into the run sweeps them away.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -124,9 +130,8 @@ def write_checkpoint(directory: Path, tensor_files: dict[str, dict[str, torch.Te
     """Write files into ``directory`` atomically: a temp folder renamed into place."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(directory.parent)
     tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     files = {}
     for filename, tensors in tensor_files.items():
@@ -167,54 +172,290 @@ def prune(run_dir: Path, keep: int) -> None:
             shutil.rmtree(path)
 
 
+# ---------------------------------------------------------------- leftovers of killed saves
+# .step-N.tmp-PID (a save being written), .step-N.old-PID (a re-saved step being swapped out),
+# .latest.json.tmp-PID (a pointer being replaced); group 1: the step, 2: tmp or old, 3: the pid.
+_TEMPORARY = re.compile(r"\.(?:(step-\d+)\.(tmp|old)|latest\.json\.tmp)-(\d+)")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be writing its temporaries (when unsure: yes)."""
+    if pid == os.getpid():
+        return False  # our own leftovers: this process is not mid-save while it sweeps
+    if os.name != "posix":
+        return True  # on Windows os.kill(pid, 0) would stop the process instead of probing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, but another user's
+        return True
+    return True
+
+
+def sweep_temporaries(run_dir: Path) -> None:
+    """Remove the temporaries that killed saves left in ``run_dir``, and nothing else.
+
+    Only the exact names above count, only those of a process that is gone (or of this one),
+    and only of the kind a save makes (a real folder, or a file for the pointer). A
+    ``.step-N.old-PID`` folder whose ``step-N`` is missing is the only copy of that step (the
+    save died between its two renames), so it is renamed back instead of deleted.
+    """
+    run_dir = Path(run_dir)
+    for entry in sorted(run_dir.iterdir()):
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or _process_alive(int(match[3])) or entry.is_symlink():
+            continue
+        step = run_dir / match[1] if match[1] else None
+        try:
+            if step is None:
+                if entry.is_file():
+                    entry.unlink()
+            elif entry.is_dir():
+                if match[2] == "old" and not os.path.lexists(step):
+                    os.rename(entry, step)
+                elif match[2] == "tmp" or step.is_dir():
+                    shutil.rmtree(entry)
+        except OSError:
+            pass  # best effort: another process swept it first, or it is not ours to remove
+
+
+# ---------------------------------------------------------------- reading, with one clear error
+_MISSING = object()
+_RESAVE = "use another step-* folder of the run, or save the checkpoint again"
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return "a JSON " + names.get(type(value), "number")
+
+
+def _describe(value) -> str:
+    """A value for a message: containers by their JSON type, anything else as JSON writes it (shortened)."""
+    if value is _MISSING:
+        return "missing"
+    if isinstance(value, (dict, list)):
+        return _json_type(value)
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _corrupt(meta_path: Path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{meta_path} is corrupt ({reason}); {_RESAVE}")
+
+
+def _need(meta_path: Path, name: str, value, ok, need: str) -> None:
+    """Raise unless ``ok(value)``: '<file> is corrupt (<name> is <value>; it must be <need>)'."""
+    if value is _MISSING or not ok(value):
+        raise _corrupt(meta_path, f"{name} is {_describe(value)}; it must be {need}")
+
+
+def _need_list(meta_path: Path, name: str, value, ok, need: str) -> None:
+    """Raise unless ``value`` is a list whose every item passes ``ok``."""
+    _need(meta_path, name, value, lambda v: isinstance(v, list), "a list")
+    for index, item in enumerate(value):
+        _need(meta_path, f"{name}[{index}]", item, ok, need)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_object(value) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_plain_name(name) -> bool:
+    """A file or folder name inside one folder: no path separators, not '.' or '..'."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & {"/", "\\", "\0"}
+
+
+def _read_json_object(path: Path, fix: str) -> dict:
+    """Parse ``path`` as a JSON object; anything else raises one CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file; {fix}")
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path} is corrupt (not UTF-8 text: {error.reason} at byte {error.start}); {fix}") \
+            from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {error}); {fix}") from None
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path} ({error.strerror or error}); {fix}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} is corrupt ({_json_type(value)}, not an object); {fix}")
+    return value
+
+
+def _step_folders(run_dir: Path) -> list[str]:
+    return [p.name for p in checkpoint_folders(run_dir)]
+
+
+def _pointer_fix(run_dir: Path) -> str:
+    steps = _step_folders(run_dir)
+    if not steps:
+        return "the run holds no step-* folder: train again, or pass another run directory"
+    shown = ", ".join(steps[-6:]) if len(steps) <= 6 else "..., " + ", ".join(steps[-5:])
+    return f"the run holds {shown}: point latest.json at one of them, or pass that folder"
+
+
+def _dangling_pointer(pointer: Path, name: str) -> CheckpointError:
+    """latest.json names a folder that is not there: say which ones are, or how to get it back."""
+    run_dir = pointer.parent
+    if os.path.lexists(run_dir / name):
+        return CheckpointError(f"{pointer} points at {name}, which is not a folder; {_pointer_fix(run_dir)}")
+    swapped = sorted(p.name for p in run_dir.iterdir()
+                     if (m := _TEMPORARY.fullmatch(p.name)) and m[1] == name and m[2] == "old" and p.is_dir())
+    if swapped:
+        return CheckpointError(f"{pointer} points at {name}, which is missing because a save was killed while "
+                               f"replacing it; rename {swapped[0]} back to {name} (the next save does it for you)")
+    return CheckpointError(f"{pointer} points at {name}, which is missing; {_pointer_fix(run_dir)}")
+
+
 def resolve(path) -> Path:
     """A run directory (follows latest.json) or a checkpoint directory -> the checkpoint directory."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}: the path does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a checkpoint folder; pass the run directory or the "
+                              "step-* folder that holds it")
     pointer = path / "latest.json"
-    if pointer.is_file():
-        try:
-            name = json.loads(pointer.read_text())["checkpoint"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{pointer} is corrupt ({error}); point it at a step-* folder in {path}") from None
-        return path / name
-    return path
+    if not os.path.lexists(pointer):
+        return path
+    name = _read_json_object(pointer, _pointer_fix(path)).get("checkpoint", _MISSING)
+    if not _is_plain_name(name):
+        raise CheckpointError(f'{pointer} is corrupt (its "checkpoint" is {_describe(name)}, not a folder name); '
+                              f"{_pointer_fix(path)}")
+    if not (path / name).is_dir():
+        raise _dangling_pointer(pointer, name)
+    return path / name
+
+
+def _check_file(meta_path: Path, name, info) -> None:
+    """One entry of ``files``: a plain name, a well-formed record, and a file of that size and hash."""
+    where = f"files[{name!r}]"
+    if not _is_plain_name(name):
+        raise _corrupt(meta_path, f"files names {name!r}, which is not a file name in this folder")
+    _need(meta_path, where, info, _is_object, "an object with the file's bytes and sha256")
+    _need(meta_path, f"{where}['bytes']", info.get("bytes", _MISSING), _is_count, "the file's size (an integer >= 0)")
+    _need(meta_path, f"{where}['sha256']", info.get("sha256", _MISSING),
+          lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v), "the file's sha256 (64 hex digits)")
+    file = meta_path.parent / name
+    if not os.path.lexists(file):
+        raise CheckpointError(f"checkpoint file {file} is missing; the checkpoint is incomplete: {_RESAVE}")
+    if not file.is_file():
+        raise CheckpointError(f"{file} is not a file; the checkpoint is damaged: {_RESAVE}")
+    try:
+        size, digest = file.stat().st_size, _sha256(file)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {file} ({error.strerror or error}); {_RESAVE}") from None
+    if size != info["bytes"] or digest != info["sha256"]:
+        raise CheckpointError(
+            f"checkpoint file {file} is truncated or corrupt (expected {info['bytes']} bytes with "
+            f"sha256 {info['sha256'][:12]}..., found {size} bytes); use an earlier checkpoint"
+        )
+
+
+def _check_model_config(meta: dict, meta_path: Path) -> None:
+    """Every reader builds the model from ``model_config``, so it must make a valid ModelConfig."""
+    from ..config import ModelConfig
+
+    config = meta.get("model_config", _MISSING)
+    _need(meta_path, "model_config", config, _is_object, "an object of ModelConfig fields")
+    try:
+        ModelConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise _corrupt(meta_path, f"model_config: {error}") from None
 
 
 def read_checkpoint(path) -> tuple[Path, dict]:
-    """Find, parse and verify a checkpoint; returns (directory, metadata)."""
+    """Find, parse and verify a checkpoint; returns (directory, metadata).
+
+    Checks what every reader needs: the format, each listed file's size and hash (the weights must
+    be listed) and ``model_config``. Resuming also needs ``check_training_state``.
+    """
     directory = resolve(path)
     meta_path = directory / "checkpoint.json"
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):
         raise CheckpointError(
             f"{directory} is not a workbench checkpoint (no checkpoint.json); pass a run directory "
             "written by the Trainer or one of its step-* folders"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({error}); the checkpoint is corrupt") from None
+    meta = _read_json_object(meta_path, _RESAVE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a workbench checkpoint (format={meta.get('format')!r})")
-    for filename, info in meta.get("files", {}).items():
-        file = directory / filename
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint file {file} is missing; the checkpoint is incomplete")
-        size = file.stat().st_size
-        if size != info["bytes"] or _sha256(file) != info["sha256"]:
-            raise CheckpointError(
-                f"checkpoint file {file} is truncated or corrupt (expected {info['bytes']} bytes with "
-                f"sha256 {info['sha256'][:12]}..., found {size} bytes); use an earlier checkpoint"
-            )
+    files = meta.get("files", _MISSING)
+    _need(meta_path, "files", files, _is_object, "an object with each file's bytes and sha256")
+    if "model.safetensors" not in files:
+        raise _corrupt(meta_path, "files does not list model.safetensors, so the weights cannot be verified")
+    for name, info in files.items():
+        _check_file(meta_path, name, info)
+    _check_model_config(meta, meta_path)
     return directory, meta
+
+
+def check_training_state(meta: dict, meta_path: Path, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
+    """Check what resuming reads beyond the weights (after ``read_checkpoint``), before anything changes.
+
+    step, tokens_seen: integers >= 0 (a negative step would train with a negative learning rate);
+    elapsed: a finite number >= 0; history: train and eval lists of records; optimizer: param_groups
+    (of the sizes ``optimizer``'s have, when given) and scalars; train_config: valid TrainConfig
+    fields; trainer.safetensors: listed, so verified.
+    """
+    from ..config import TrainConfig
+
+    if not {"step", "optimizer", "history", "train_config"} & meta.keys():
+        raise CheckpointError(f"{meta_path.parent} holds weights only (no optimizer state), so it cannot resume "
+                              "training; load it with workbench.train.load_model(path), or resume from a step-* "
+                              "folder the Trainer saved")
+    _need(meta_path, "step", meta.get("step", _MISSING), _is_count, "an integer >= 0")
+    if "elapsed" in meta:
+        _need(meta_path, "elapsed", meta["elapsed"], lambda v: isinstance(v, (int, float)) and
+              not isinstance(v, bool) and math.isfinite(v) and v >= 0, "a finite number >= 0")
+    if "tokens_seen" in meta:
+        _need(meta_path, "tokens_seen", meta["tokens_seen"], _is_count, "an integer >= 0")
+    history = meta.get("history", _MISSING)
+    _need(meta_path, "history", history, _is_object, "an object with train and eval lists")
+    for split in ("train", "eval"):
+        _need_list(meta_path, f"history[{split!r}]", history.get(split, _MISSING), _is_object, "an object")
+    state = meta.get("optimizer", _MISSING)
+    _need(meta_path, "optimizer", state, _is_object, "an object with param_groups and scalars")
+    _need_list(meta_path, "optimizer['param_groups']", state.get("param_groups", _MISSING),
+               lambda group: isinstance(group, dict) and isinstance(group.get("params"), list)
+               and all(map(_is_count, group["params"])), "an object with a params list of integers")
+    saved = [len(group["params"]) for group in state["param_groups"]]
+    if optimizer is not None and saved != [len(group["params"]) for group in optimizer.param_groups]:
+        raise _corrupt(meta_path, f"optimizer['param_groups'] holds groups of {saved} parameters; this model's "
+                                  f"optimizer has {[len(group['params']) for group in optimizer.param_groups]}")
+    scalars = state.get("scalars", _MISSING)
+    _need(meta_path, "optimizer['scalars']", scalars, _is_object, "an object")
+    for key in scalars:
+        if not re.fullmatch(r"\d+\.\w+", key):
+            raise _corrupt(meta_path, f"optimizer['scalars'] has the key {key!r}; keys must read "
+                                      "'<parameter index>.<state name>'")
+    train_config = meta.get("train_config", _MISSING)
+    _need(meta_path, "train_config", train_config, _is_object, "an object of TrainConfig fields")
+    try:
+        TrainConfig.from_dict(train_config)
+    except (TypeError, ValueError) as error:
+        raise _corrupt(meta_path, f"train_config: {error}") from None
+    if "trainer.safetensors" not in meta["files"]:
+        raise _corrupt(meta_path, "files does not list trainer.safetensors, so the optimizer state cannot be verified")
+    data = meta.get("data")  # what the run was trained on (TokenData.fingerprint), or null
+    if data is not None:
+        _need(meta_path, "data", data, lambda d: _is_object(d) and all(isinstance(d.get(k), str) for k in (
+            "tokens_sha256", "tokenizer_sha256", "tokenizer")) and _is_count(d.get("tokens")) and
+            _is_count(d.get("vocab_size")), "null or an object with tokens, tokens_sha256, tokenizer, vocab_size "
+            "and tokenizer_sha256")
 
 
 def read_tensors(directory: Path, filename: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(directory / filename))
     except Exception as error:  # safetensors raises its own error type
-        raise CheckpointError(f"cannot read {directory / filename}: {error}") from None
+        raise CheckpointError(f"cannot read {directory / filename}: {error}; {_RESAVE}") from None
 
 
 # ---------------------------------------------------------------- models alone
@@ -237,12 +478,16 @@ def load_model(path, device: str | torch.device = "cpu"):
 
 
 def load_checkpoint_tokenizer(directory: Path):
+    """The checkpoint's tokenizer, or None when it was saved without one."""
     file = Path(directory) / "tokenizer.json"
-    if not file.is_file():
+    if not os.path.lexists(file):
         return None
     from ..data.tokenizers import load_tokenizer
 
-    return load_tokenizer(file)
+    try:
+        return load_tokenizer(file)
+    except (ValueError, OSError) as error:  # TokenizerFileError is a ValueError
+        raise CheckpointError(f"{file} is corrupt ({error}); {_RESAVE}") from None
 
 
 # ---------------------------------------------------------------- run directories
@@ -252,10 +497,11 @@ def checkpoint_folders(run_dir) -> list[Path]:
 
 
 def remove_run(run_dir) -> None:
-    """Delete a run's checkpoints (step-* folders, latest.json and leftover temporaries), nothing else."""
+    """Delete a run's checkpoints (step-* folders, latest.json and temporaries of killed saves), nothing else."""
     run_dir = Path(run_dir)
     pointer = run_dir / "latest.json"
     if pointer.is_file():
         pointer.unlink()
+    sweep_temporaries(run_dir)
     for folder in checkpoint_folders(run_dir):
         shutil.rmtree(folder)

@@ -333,8 +333,7 @@ class Trainer:
                 f"{directory} was saved from a model with another config ({'; '.join(diffs)}); build the "
                 "model with the checkpoint's config, e.g. workbench.train.load_model(path)"
             )
-        if "optimizer" not in meta:
-            raise ckpt.CheckpointError(f"{directory} holds weights only (no optimizer state); it cannot resume training")
+        ckpt.check_training_state(meta, directory / "checkpoint.json", self.optimizer)
         self._check_same_data(directory, meta.get("data"), allow_new_data)
         model_state = ckpt.read_tensors(directory, "model.safetensors")
         trainer_state = ckpt.read_tensors(directory, "trainer.safetensors")
@@ -358,6 +357,7 @@ class Trainer:
         from ..models import GPT
 
         directory, meta = ckpt.read_checkpoint(path)
+        ckpt.check_training_state(meta, directory / "checkpoint.json")
         model = GPT(ModelConfig.from_dict(meta["model_config"]))
         config = TrainConfig.from_dict({**meta["train_config"], **config_changes})
         if out_dir is None:  # keep saving into the run directory, also when resuming from a step-* folder
