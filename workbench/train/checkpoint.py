@@ -166,7 +166,7 @@ def point_latest(run_dir: Path, checkpoint: Path) -> None:
 def prune(run_dir: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` step-* checkpoints (never the latest one)."""
     latest = resolve(run_dir)
-    steps = sorted(p for p in run_dir.glob("step-*") if p.is_dir())
+    steps = checkpoint_folders(run_dir)
     for path in steps[:-keep] if keep > 0 else []:
         if path != latest:
             shutil.rmtree(path)
