@@ -412,7 +412,7 @@ GROUPS = "optimizer['param_groups'] holds groups of"
     (_set_meta(optimizer=[]), f"optimizer is a JSON list; {OBJECT} with param_groups and scalars"),
     (lambda m: m["optimizer"].pop("param_groups"), "optimizer['param_groups'] is missing; it must be a list"),
     (_set_optimizer(param_groups=[{"lr": 1}]), f"optimizer['param_groups'][0] is a JSON object; it must be {GROUP}"),
-    (_set_optimizer(param_groups=[{"params": ["a"]}]), f"optimizer['param_groups'][0] is a JSON object; it must"),
+    (_set_optimizer(param_groups=[{"params": ["a"]}]), "optimizer['param_groups'][0] is a JSON object; it must"),
     (_set_optimizer(scalars=[]), f"optimizer['scalars'] is a JSON list; {OBJECT}"),
     (_set_optimizer(scalars={"step": 1}), "optimizer['scalars'] has the key 'step'; keys must read '<parameter"),
     (_set_meta(train_config="fast"), f'train_config is "fast"; {OBJECT} of TrainConfig fields'),

@@ -17,14 +17,12 @@ every file's size and hash before touching the model, so a truncated or
 foreign file gives one clear error and changes nothing. Every way a run
 directory can be damaged (a hand-edited pointer, binary garbage, a missing
 field, a negative step) raises one ``CheckpointError`` that names the file,
-the problem and the fix. A save killed outright (kill -9, power loss) leaves
+the problem and the fix (the checks are in ``checkpoint_checks.py``). A save killed outright (kill -9, power loss) leaves
 dot-named temporaries behind; the next save into the run sweeps them away.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -34,12 +32,12 @@ from typing import Any, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from .checkpoint_checks import (MISSING, RESAVE, CheckpointError, check_file, check_model_config,  # noqa: F401
+                                check_training_state, corrupt, describe, is_object, is_plain_name, need,
+                                read_json_object, sha256)
+
 FORMAT = "lm-workbench-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or belongs to another model."""
 
 
 # ---------------------------------------------------------------- tensors <-> dicts
@@ -104,14 +102,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
 
 
 # ---------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -139,7 +129,7 @@ def write_checkpoint(directory: Path, tensor_files: dict[str, dict[str, torch.Te
     for filename, text in (extra_files or {}).items():
         (tmp / filename).write_text(text)
     for path in sorted(tmp.iterdir()):
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
     meta = {"format": FORMAT, "version": VERSION, **meta, "files": files}
@@ -221,73 +211,6 @@ def sweep_temporaries(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- reading, with one clear error
-_MISSING = object()
-_RESAVE = "use another step-* folder of the run, or save the checkpoint again"
-
-
-def _json_type(value) -> str:
-    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
-    return "a JSON " + names.get(type(value), "number")
-
-
-def _describe(value) -> str:
-    """A value for a message: containers by their JSON type, anything else as JSON writes it (shortened)."""
-    if value is _MISSING:
-        return "missing"
-    if isinstance(value, (dict, list)):
-        return _json_type(value)
-    text = json.dumps(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _corrupt(meta_path: Path, reason: str) -> CheckpointError:
-    return CheckpointError(f"{meta_path} is corrupt ({reason}); {_RESAVE}")
-
-
-def _need(meta_path: Path, name: str, value, ok, need: str) -> None:
-    """Raise unless ``ok(value)``: '<file> is corrupt (<name> is <value>; it must be <need>)'."""
-    if value is _MISSING or not ok(value):
-        raise _corrupt(meta_path, f"{name} is {_describe(value)}; it must be {need}")
-
-
-def _need_list(meta_path: Path, name: str, value, ok, need: str) -> None:
-    """Raise unless ``value`` is a list whose every item passes ``ok``."""
-    _need(meta_path, name, value, lambda v: isinstance(v, list), "a list")
-    for index, item in enumerate(value):
-        _need(meta_path, f"{name}[{index}]", item, ok, need)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_object(value) -> bool:
-    return isinstance(value, dict)
-
-
-def _is_plain_name(name) -> bool:
-    """A file or folder name inside one folder: no path separators, not '.' or '..'."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & {"/", "\\", "\0"}
-
-
-def _read_json_object(path: Path, fix: str) -> dict:
-    """Parse ``path`` as a JSON object; anything else raises one CheckpointError naming the file."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file; {fix}")
-    try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise CheckpointError(f"{path} is corrupt (not UTF-8 text: {error.reason} at byte {error.start}); {fix}") \
-            from None
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path} is corrupt (not valid JSON: {error}); {fix}") from None
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path} ({error.strerror or error}); {fix}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} is corrupt ({_json_type(value)}, not an object); {fix}")
-    return value
-
-
 def _step_folders(run_dir: Path) -> list[str]:
     return [p.name for p in checkpoint_folders(run_dir)]
 
@@ -324,50 +247,13 @@ def resolve(path) -> Path:
     pointer = path / "latest.json"
     if not os.path.lexists(pointer):
         return path
-    name = _read_json_object(pointer, _pointer_fix(path)).get("checkpoint", _MISSING)
-    if not _is_plain_name(name):
-        raise CheckpointError(f'{pointer} is corrupt (its "checkpoint" is {_describe(name)}, not a folder name); '
+    name = read_json_object(pointer, _pointer_fix(path)).get("checkpoint", MISSING)
+    if not is_plain_name(name):
+        raise CheckpointError(f'{pointer} is corrupt (its "checkpoint" is {describe(name)}, not a folder name); '
                               f"{_pointer_fix(path)}")
     if not (path / name).is_dir():
         raise _dangling_pointer(pointer, name)
     return path / name
-
-
-def _check_file(meta_path: Path, name, info) -> None:
-    """One entry of ``files``: a plain name, a well-formed record, and a file of that size and hash."""
-    where = f"files[{name!r}]"
-    if not _is_plain_name(name):
-        raise _corrupt(meta_path, f"files names {name!r}, which is not a file name in this folder")
-    _need(meta_path, where, info, _is_object, "an object with the file's bytes and sha256")
-    _need(meta_path, f"{where}['bytes']", info.get("bytes", _MISSING), _is_count, "the file's size (an integer >= 0)")
-    _need(meta_path, f"{where}['sha256']", info.get("sha256", _MISSING),
-          lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v), "the file's sha256 (64 hex digits)")
-    file = meta_path.parent / name
-    if not os.path.lexists(file):
-        raise CheckpointError(f"checkpoint file {file} is missing; the checkpoint is incomplete: {_RESAVE}")
-    if not file.is_file():
-        raise CheckpointError(f"{file} is not a file; the checkpoint is damaged: {_RESAVE}")
-    try:
-        size, digest = file.stat().st_size, _sha256(file)
-    except OSError as error:
-        raise CheckpointError(f"cannot read {file} ({error.strerror or error}); {_RESAVE}") from None
-    if size != info["bytes"] or digest != info["sha256"]:
-        raise CheckpointError(
-            f"checkpoint file {file} is truncated or corrupt (expected {info['bytes']} bytes with "
-            f"sha256 {info['sha256'][:12]}..., found {size} bytes); use an earlier checkpoint"
-        )
-
-
-def _check_model_config(meta: dict, meta_path: Path) -> None:
-    """Every reader builds the model from ``model_config``, so it must make a valid ModelConfig."""
-    from ..config import ModelConfig
-
-    config = meta.get("model_config", _MISSING)
-    _need(meta_path, "model_config", config, _is_object, "an object of ModelConfig fields")
-    try:
-        ModelConfig.from_dict(config)
-    except (TypeError, ValueError) as error:
-        raise _corrupt(meta_path, f"model_config: {error}") from None
 
 
 def read_checkpoint(path) -> tuple[Path, dict]:
@@ -383,79 +269,24 @@ def read_checkpoint(path) -> tuple[Path, dict]:
             f"{directory} is not a workbench checkpoint (no checkpoint.json); pass a run directory "
             "written by the Trainer or one of its step-* folders"
         )
-    meta = _read_json_object(meta_path, _RESAVE)
+    meta = read_json_object(meta_path, RESAVE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a workbench checkpoint (format={meta.get('format')!r})")
-    files = meta.get("files", _MISSING)
-    _need(meta_path, "files", files, _is_object, "an object with each file's bytes and sha256")
+    files = meta.get("files", MISSING)
+    need(meta_path, "files", files, is_object, "an object with each file's bytes and sha256")
     if "model.safetensors" not in files:
-        raise _corrupt(meta_path, "files does not list model.safetensors, so the weights cannot be verified")
+        raise corrupt(meta_path, "files does not list model.safetensors, so the weights cannot be verified")
     for name, info in files.items():
-        _check_file(meta_path, name, info)
-    _check_model_config(meta, meta_path)
+        check_file(meta_path, name, info)
+    check_model_config(meta, meta_path)
     return directory, meta
-
-
-def check_training_state(meta: dict, meta_path: Path, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
-    """Check what resuming reads beyond the weights (after ``read_checkpoint``), before anything changes.
-
-    step, tokens_seen: integers >= 0 (a negative step would train with a negative learning rate);
-    elapsed: a finite number >= 0; history: train and eval lists of records; optimizer: param_groups
-    (of the sizes ``optimizer``'s have, when given) and scalars; train_config: valid TrainConfig
-    fields; trainer.safetensors: listed, so verified.
-    """
-    from ..config import TrainConfig
-
-    if not {"step", "optimizer", "history", "train_config"} & meta.keys():
-        raise CheckpointError(f"{meta_path.parent} holds weights only (no optimizer state), so it cannot resume "
-                              "training; load it with workbench.train.load_model(path), or resume from a step-* "
-                              "folder the Trainer saved")
-    _need(meta_path, "step", meta.get("step", _MISSING), _is_count, "an integer >= 0")
-    if "elapsed" in meta:
-        _need(meta_path, "elapsed", meta["elapsed"], lambda v: isinstance(v, (int, float)) and
-              not isinstance(v, bool) and math.isfinite(v) and v >= 0, "a finite number >= 0")
-    if "tokens_seen" in meta:
-        _need(meta_path, "tokens_seen", meta["tokens_seen"], _is_count, "an integer >= 0")
-    history = meta.get("history", _MISSING)
-    _need(meta_path, "history", history, _is_object, "an object with train and eval lists")
-    for split in ("train", "eval"):
-        _need_list(meta_path, f"history[{split!r}]", history.get(split, _MISSING), _is_object, "an object")
-    state = meta.get("optimizer", _MISSING)
-    _need(meta_path, "optimizer", state, _is_object, "an object with param_groups and scalars")
-    _need_list(meta_path, "optimizer['param_groups']", state.get("param_groups", _MISSING),
-               lambda group: isinstance(group, dict) and isinstance(group.get("params"), list)
-               and all(map(_is_count, group["params"])), "an object with a params list of integers")
-    saved = [len(group["params"]) for group in state["param_groups"]]
-    if optimizer is not None and saved != [len(group["params"]) for group in optimizer.param_groups]:
-        raise _corrupt(meta_path, f"optimizer['param_groups'] holds groups of {saved} parameters; this model's "
-                                  f"optimizer has {[len(group['params']) for group in optimizer.param_groups]}")
-    scalars = state.get("scalars", _MISSING)
-    _need(meta_path, "optimizer['scalars']", scalars, _is_object, "an object")
-    for key in scalars:
-        if not re.fullmatch(r"\d+\.\w+", key):
-            raise _corrupt(meta_path, f"optimizer['scalars'] has the key {key!r}; keys must read "
-                                      "'<parameter index>.<state name>'")
-    train_config = meta.get("train_config", _MISSING)
-    _need(meta_path, "train_config", train_config, _is_object, "an object of TrainConfig fields")
-    try:
-        TrainConfig.from_dict(train_config)
-    except (TypeError, ValueError) as error:
-        raise _corrupt(meta_path, f"train_config: {error}") from None
-    if "trainer.safetensors" not in meta["files"]:
-        raise _corrupt(meta_path, "files does not list trainer.safetensors, so the optimizer state cannot be verified")
-    data = meta.get("data")  # what the run was trained on (TokenData.fingerprint), or null
-    if data is not None:
-        _need(meta_path, "data", data, lambda d: _is_object(d) and all(isinstance(d.get(k), str) for k in (
-            "tokens_sha256", "tokenizer_sha256", "tokenizer")) and _is_count(d.get("tokens")) and
-            _is_count(d.get("vocab_size")), "null or an object with tokens, tokens_sha256, tokenizer, vocab_size "
-            "and tokenizer_sha256")
 
 
 def read_tensors(directory: Path, filename: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(directory / filename))
     except Exception as error:  # safetensors raises its own error type
-        raise CheckpointError(f"cannot read {directory / filename}: {error}; {_RESAVE}") from None
+        raise CheckpointError(f"cannot read {directory / filename}: {error}; {RESAVE}") from None
 
 
 # ---------------------------------------------------------------- models alone
@@ -487,7 +318,7 @@ def load_checkpoint_tokenizer(directory: Path):
     try:
         return load_tokenizer(file)
     except (ValueError, OSError) as error:  # TokenizerFileError is a ValueError
-        raise CheckpointError(f"{file} is corrupt ({error}); {_RESAVE}") from None
+        raise CheckpointError(f"{file} is corrupt ({error}); {RESAVE}") from None
 
 
 # ---------------------------------------------------------------- run directories
