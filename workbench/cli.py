@@ -191,12 +191,10 @@ def cmd_bench(argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = None if argv[:1] == ["bench"] else _parse(argv)  # the benchmark owns its flags
         with held_interrupts():  # Ctrl-C in the first seconds must not leave a library half imported
             _import_libraries()
-        if argv and argv[0] == "bench":  # the benchmark owns its flags
-            return cmd_bench(argv[1:])
-        args = _parse(argv)
-        return args.handler(args)
+        return cmd_bench(argv[1:]) if args is None else args.handler(args)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); a run directory keeps its last complete checkpoint", file=sys.stderr)
         return 130
