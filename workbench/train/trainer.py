@@ -18,7 +18,8 @@ Guarantees a classroom needs:
   too large for the weights' float type, stops training with
   ``NonFiniteLossError`` before it touches the weights, keeping the last good
   state. Should the optimizer itself fail half-way through an update, the
-  Trainer refuses to save or continue that state (``reload`` the checkpoint).
+  Trainer refuses to save or continue that state until ``load_checkpoint``
+  brings back the last saved one.
 * **It knows its data.** A checkpoint records the tokenizer and a hash of
   the tokens it was trained on; resuming on other data is refused unless
   asked for (``allow_new_data=True``), and on another tokenizer always.
