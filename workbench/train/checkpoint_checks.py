@@ -114,16 +114,21 @@ def check_file(meta_path: Path, name, info) -> None:
         )
 
 
+def check_config(meta: dict, meta_path: Path, key: str, config_class) -> None:
+    """``meta[key]`` must make a valid ``config_class`` (model_config: ModelConfig, train_config: TrainConfig)."""
+    values = meta.get(key, MISSING)
+    need(meta_path, key, values, is_object, f"an object of {config_class.__name__} fields")
+    try:
+        config_class.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise corrupt(meta_path, f"{key}: {error}") from None
+
+
 def check_model_config(meta: dict, meta_path: Path) -> None:
     """Every reader builds the model from ``model_config``, so it must make a valid ModelConfig."""
     from ..config import ModelConfig
 
-    config = meta.get("model_config", MISSING)
-    need(meta_path, "model_config", config, is_object, "an object of ModelConfig fields")
-    try:
-        ModelConfig.from_dict(config)
-    except (TypeError, ValueError) as error:
-        raise corrupt(meta_path, f"model_config: {error}") from None
+    check_config(meta, meta_path, "model_config", ModelConfig)
 
 
 def check_training_state(meta: dict, meta_path: Path, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
@@ -165,12 +170,7 @@ def check_training_state(meta: dict, meta_path: Path, optimizer: Optional[torch.
         if not re.fullmatch(r"\d+\.\w+", key):
             raise corrupt(meta_path, f"optimizer['scalars'] has the key {key!r}; keys must read "
                                       "'<parameter index>.<state name>'")
-    train_config = meta.get("train_config", MISSING)
-    need(meta_path, "train_config", train_config, is_object, "an object of TrainConfig fields")
-    try:
-        TrainConfig.from_dict(train_config)
-    except (TypeError, ValueError) as error:
-        raise corrupt(meta_path, f"train_config: {error}") from None
+    check_config(meta, meta_path, "train_config", TrainConfig)
     if "trainer.safetensors" not in meta["files"]:
         raise corrupt(meta_path, "files does not list trainer.safetensors, so the optimizer state cannot be verified")
     data = meta.get("data")  # what the run was trained on (TokenData.fingerprint), or null
