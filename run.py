@@ -58,7 +58,9 @@ TEST_ENV_DEFAULTS = {"WORKBENCH_PRESET": "ci"}
 TEST_WORKERS = "2"
 DEFAULT_TEST_PATHS = ("tests", "notebooks")
 SANITIZE_FILE = Path("notebooks") / "sanitize.cfg"
-# A hung notebook cell should fail CI, not stall it for nbval's default 2000 s.
+# A hung notebook cell should fail CI, not stall it for nbval's default 2000 s. This is a
+# hang guard, not a speed test: notebooks/conftest.py also waits up to this long for a
+# finished cell's outputs (nbval's fixed 5 s output gap is gone).
 CELL_TIMEOUT_S = "600"
 
 # pytest options that take their value as the *next* argument; used so that
