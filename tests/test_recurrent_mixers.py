@@ -62,6 +62,20 @@ def _max_err(a, b):
     return (a - b).abs().max().item()
 
 
+def _assert_close(a, b, tol=1e-5):
+    """max |a - b| <= tol * max(1, max |b|): absolute up to magnitude 1, relative to the largest value above.
+
+    The two sides compute the same sums in different orders (chunked vs recurrent, cached vs full, ours vs
+    the paper's loop), so they differ by float32 rounding: a few ulps of the LARGEST values, ulp(32) = 3.8e-6.
+    Outputs and states here reach |x| ~ 35, where a plain absolute 1e-5 is under 3 ulps: measured up to
+    7.6e-6 (2 ulps), and another CPU's summation order (other SIMD width, other BLAS kernel) can add one.
+    Relative to the magnitude the room is ~80 float32 eps everywhere (measured <= 1e-6 of it with AVX-512,
+    AVX2 and scalar kernels); a real error (a wrong decay, a lost chunk, a missing state) is far larger.
+    """
+    err, bound = _max_err(a, b), tol * max(1.0, b.detach().abs().max().item())
+    assert err <= bound, f"max |a - b| = {err:.3g} > {bound:.3g} ({tol:g} x max(1, max |b|))"
+
+
 # ---------------------------------------------------------------- gated linear attention: exact identities
 @pytest.mark.parametrize("gate", ["none", "channel", "head"])
 @pytest.mark.parametrize("chunk", CHUNKS)
@@ -70,7 +84,8 @@ def test_gla_chunked_equals_recurrent_from_a_nonzero_state(gate, chunk):
     log_decay, start = _gate(gate), _state()
     slow, slow_state = gla_recurrent(q, k, v, log_decay, start)
     fast, fast_state = gla_chunked(q, k, v, log_decay, chunk, start)
-    assert _max_err(slow, fast) < 1e-5 and _max_err(slow_state, fast_state) < 1e-5
+    _assert_close(slow, fast)
+    _assert_close(slow_state, fast_state)
     assert _max_err(slow, gla_recurrent(q, k, v, log_decay)[0]) > 1e-2  # the start state matters
 
 
@@ -84,7 +99,8 @@ def test_gla_chunked_continues_from_its_own_final_state(gate):
                                None if log_decay is None else log_decay[:, :, :cut], 4)
     second, final = gla_chunked(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:],
                                 None if log_decay is None else log_decay[:, :, cut:], 4, state)
-    assert _max_err(torch.cat((first, second), 2), whole) < 1e-5 and _max_err(final, whole_state) < 1e-5
+    _assert_close(torch.cat((first, second), 2), whole)
+    _assert_close(final, whole_state)
 
 
 @pytest.mark.parametrize("gate", ["none", "channel", "head"])
@@ -99,8 +115,8 @@ def test_gla_mixing_matrix_is_the_written_out_sum(gate):
             decay = a[:, :, s + 1:t + 1].prod(dim=2)
             expected[:, :, t, s] = (q[:, :, t] * k[:, :, s] * decay).sum(-1)
     mixing = gla_mixing(q, k, log_decay)
-    assert _max_err(mixing, expected) < 1e-5
-    assert _max_err(mixing @ v, gla_recurrent(q, k, v, log_decay)[0]) < 1e-5
+    _assert_close(mixing, expected)
+    _assert_close(mixing @ v, gla_recurrent(q, k, v, log_decay)[0])
 
 
 def test_gla_chunked_survives_strong_decay():
@@ -110,7 +126,9 @@ def test_gla_chunked_survives_strong_decay():
     log_decay[..., 0] = -1e-3  # one channel barely decays
     slow, slow_state = gla_recurrent(q, k, v, log_decay)
     fast, fast_state = gla_chunked(q, k, v, log_decay, 64)
-    assert torch.isfinite(fast).all() and _max_err(slow, fast) < 1e-5 and _max_err(slow_state, fast_state) < 1e-5
+    assert torch.isfinite(fast).all()
+    _assert_close(slow, fast)
+    _assert_close(slow_state, fast_state)
     q.requires_grad_(True)
     gla_chunked(q, k, v, log_decay, 64)[0].sum().backward()
     assert torch.isfinite(q.grad).all()
@@ -132,7 +150,8 @@ def test_gla_sub_chunked_scores_equal_the_recurrence(decay, chunk):
     fast, fast_state = gla_chunked(q, k, v, log_decay, chunk, state0)
     assert chunk % SUB_CHUNK == 0 and chunk > SUB_CHUNK
     assert torch.isfinite(fast).all()
-    assert _max_err(slow, fast) < 1e-4 and _max_err(slow_state, fast_state) < 1e-4
+    _assert_close(slow, fast, 1e-4)
+    _assert_close(slow_state, fast_state, 1e-4)
 
 
 def test_ssd_scan_equals_transformers_mamba2_chunk_scan():
@@ -151,8 +170,8 @@ def test_ssd_scan_equals_transformers_mamba2_chunk_scan():
     v, log_decay = (x * dt[..., None]).transpose(1, 2), (dt * A).transpose(1, 2)[..., None]
     for ours in (gla_chunked(q, k, v, log_decay, 5, h0.transpose(-1, -2)), gla_recurrent(q, k, v, log_decay,
                                                                                       h0.transpose(-1, -2))):
-        assert _max_err(ours[0], y.transpose(1, 2)) < 1e-4
-        assert _max_err(ours[1], h_end.transpose(-1, -2)) < 1e-4
+        _assert_close(ours[0], y.transpose(1, 2), 1e-4)
+        _assert_close(ours[1], h_end.transpose(-1, -2), 1e-4)
 
 
 # ---------------------------------------------------------------- the delta rule: exact identities
@@ -163,7 +182,8 @@ def test_delta_chunked_equals_recurrent_from_a_nonzero_state(gated, chunk):
     start = _state()
     slow, slow_state = delta_rule_recurrent(q, k, v, beta, log_decay, start)
     fast, fast_state = delta_rule_chunked(q, k, v, beta, log_decay, chunk, start)
-    assert _max_err(slow, fast) < 1e-5 and _max_err(slow_state, fast_state) < 1e-5
+    _assert_close(slow, fast)
+    _assert_close(slow_state, fast_state)
     assert _max_err(slow, delta_rule_recurrent(q, k, v, beta, log_decay)[0]) > 1e-2
 
 
@@ -172,14 +192,15 @@ def test_delta_chunked_continues_from_its_own_final_state():
     whole, whole_state = delta_rule_chunked(q, k, v, beta, log_decay, 4)
     first, state = delta_rule_chunked(*(x[:, :, :9] for x in (q, k, v, beta, log_decay)), 4)
     second, final = delta_rule_chunked(*(x[:, :, 9:] for x in (q, k, v, beta, log_decay)), 4, state)
-    assert _max_err(torch.cat((first, second), 2), whole) < 1e-5 and _max_err(final, whole_state) < 1e-5
+    _assert_close(torch.cat((first, second), 2), whole)
+    _assert_close(final, whole_state)
 
 
 @pytest.mark.parametrize("gated", [True, False])
 def test_delta_mixing_matrix_times_values_is_the_output(gated):
     q, k, v, beta, log_decay = _delta_inputs(gated=gated)
     mixing = delta_rule_mixing(q, k, beta, log_decay)
-    assert _max_err(mixing @ v, delta_rule_recurrent(q, k, v, beta, log_decay)[0]) < 1e-5
+    _assert_close(mixing @ v, delta_rule_recurrent(q, k, v, beta, log_decay)[0])
     assert (mixing.triu(1) == 0).all()
 
 
@@ -191,8 +212,8 @@ def test_delta_rule_without_gate_is_plain_deltanet():
     for t in range(T):
         kt, vt = k[1, 2, t], v[1, 2, t]
         S = S + beta[1, 2, t] * torch.outer(kt, vt - S.T @ kt)
-        assert _max_err(out[1, 2, t], S.T @ q[1, 2, t]) < 1e-5
-    assert _max_err(out, delta_rule_chunked(q, k, v, beta, torch.zeros_like(beta), 4)[0]) < 1e-5
+        _assert_close(out[1, 2, t], S.T @ q[1, 2, t])
+    _assert_close(out, delta_rule_chunked(q, k, v, beta, torch.zeros_like(beta), 4)[0])
     gated, _ = delta_rule_recurrent(q, k, v, beta, torch.full_like(beta, -0.5))
     assert _max_err(out, gated) > 1e-2
 
@@ -215,7 +236,8 @@ def test_delta_rule_equals_transformers_qwen3_next(chunk):
         extra = dict(chunk_size=8) if reference is qwen.torch_chunk_gated_delta_rule else {}
         theirs, theirs_state = reference(bthd(q), bthd(k), bthd(v), bthd(log_decay), bthd(beta), initial_state=start,
                                          output_final_state=True, use_qk_l2norm_in_kernel=True, **extra)
-        assert _max_err(ours, bthd(theirs)) < 1e-5 and _max_err(ours_state, theirs_state) < 1e-5
+        _assert_close(ours, bthd(theirs))
+        _assert_close(ours_state, theirs_state)
 
 
 # ---------------------------------------------------------------- each variant inside the GPT
@@ -239,7 +261,7 @@ def test_cached_forward_equals_full_forward(name):
         pieces += [model(ids[:, t:t + 1], cache=cache).logits for t in range(8, 16)]
         forgetful = model(ids[:, 8:], cache=model.new_cache(2)).logits  # the same tokens without their past
     assert cache.length == 16
-    assert _max_err(torch.cat(pieces, dim=1), full) < 1e-5
+    _assert_close(torch.cat(pieces, dim=1), full)
     assert _max_err(forgetful[:, 1:], full[:, 9:]) > 1e-3  # the cached state carries real information
 
 
@@ -252,7 +274,7 @@ def test_return_attentions_equals_the_fast_path(name):
         fast = model(ids)
         slow = model(ids, return_attentions=True)
     assert fast.attentions is None
-    assert _max_err(slow.logits, fast.logits) < 1e-5
+    _assert_close(slow.logits, fast.logits)
     for weights in slow.attentions:
         assert weights.shape == (2, 4, 16, 16) and torch.isfinite(weights).all()
         assert (weights.triu(1) == 0).all() and weights.tril().abs().amax() > 1e-3
@@ -338,7 +360,7 @@ def test_right_padding_is_exact_and_left_padding_raises(name):
     real[1, 10:] = False  # right padding: the real tokens never read the pads
     with torch.no_grad():
         padded = model(ids, key_padding_mask=real).logits
-        assert _max_err(padded[1, :10], model(ids[1:, :10]).logits[0]) < 1e-5
+        _assert_close(padded[1, :10], model(ids[1:, :10]).logits[0])
         with pytest.raises(ValueError, match="Pad on the right"):
             model(ids, key_padding_mask=real.flip(-1))
 
@@ -378,7 +400,13 @@ def test_tiny_model_learns_alternating_sequences(name):
     losses = [record["loss"] for record in trainer.fit()["train"]]
     assert losses[0] == pytest.approx(math.log(16), abs=0.2)
     final = sum(losses[-10:]) / 10
-    assert final < 1.0, f"{name}: loss {losses[0]:.2f} -> {final:.2f}"
+    # Untrained: ln 16 = 2.77 per token; the floor is ln(16) / 16 = 0.17 (only the second token of a row is
+    # unpredictable). Fail unless the mixer has closed at least half that gap. Where 100 steps of AdamW end is
+    # chaotic for some mixers: perturbing the initial weights by ~1 ulp (as another CPU's rounding does) moved
+    # gla's final loss over 0.52-0.92 (mean 0.73, sd 0.12; delta 0.59-0.84) in 26 runs: the old bound of 1.0 sat
+    # ~2 sd above the mean (about 1 CPU in 100), while a mixer that carries nothing two tokens back stays near 2.77.
+    bound = (math.log(16) + math.log(16) / 16) / 2
+    assert final < bound, f"{name}: loss {losses[0]:.2f} -> {final:.2f}, not below {bound:.2f}"
 
 
 # ---------------------------------------------------------------- each variant follows its paper
@@ -418,7 +446,7 @@ def test_linear_attention_follows_katharopoulos():
     for t in range(x.shape[1]):
         scores = (phi_q[:, :, t:t + 1] * phi_k[:, :, :t + 1]).sum(-1)           # (B, H, t + 1)
         out[:, :, t] = (scores[..., None] * v[:, :, :t + 1]).sum(2) / scores.sum(-1, keepdim=True)
-    assert _max_err(attn(x, _context(11))[0], attn.proj(_merge(out))) < 1e-5
+    _assert_close(attn(x, _context(11))[0], attn.proj(_merge(out)))
 
 
 def _gated_output(attn, out, x):
@@ -435,7 +463,7 @@ def test_gla_follows_the_paper():
     a = _heads(torch.sigmoid(attn.gate_up(attn.gate_down(x))) ** (1 / 16))
     assert (a > 0).all() and (a < 1).all()
     out, _ = gla_recurrent(q / math.sqrt(8), k, v, a.log())
-    assert _max_err(attn(x, _context(11))[0], _gated_output(attn, out, x)) < 1e-5
+    _assert_close(attn(x, _context(11))[0], _gated_output(attn, out, x))
 
 
 @pytest.mark.parametrize("gated", [True, False])
@@ -456,7 +484,7 @@ def test_delta_follows_the_paper_and_without_gate_is_plain_deltanet(gated):
         S = decayed + beta[:, :, t, None, None] * kt[..., None] * (v[:, :, t] - (decayed * kt[..., None]).sum(-2))[
             ..., None, :]
         out[:, :, t] = (S * q[:, :, t, :, None]).sum(-2)
-    assert _max_err(attn(x, _context(11))[0], _gated_output(attn, out, x)) < 1e-5
+    _assert_close(attn(x, _context(11))[0], _gated_output(attn, out, x))
 
 
 def test_ssd_equals_transformers_mamba2_mixer():
@@ -477,7 +505,7 @@ def test_ssd_equals_transformers_mamba2_mixer():
     x = _x(19)
     with torch.no_grad():
         expected = theirs(x)
-        assert _max_err(ours(x, _context(19))[0], expected) < 1e-4
+        _assert_close(ours(x, _context(19))[0], expected, 1e-4)
         ours.A_log.neg_()  # a different decay (A in [1/16, 1] instead of [1, 16]) must show
         assert _max_err(ours(x, _context(19))[0], expected) > 1e-3
 
