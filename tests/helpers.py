@@ -149,3 +149,23 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def forbid_network(monkeypatch) -> list:
+    """Make every attempt to open a network connection fail loudly; returns the attempts made.
+
+    "Fails fast offline" means: no connection is even tried (so no retries to wait for), which is
+    exact on any machine, where a wall-clock bound would be a time limit acting as a test.
+    """
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("test: the network must not be contacted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
