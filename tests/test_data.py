@@ -86,6 +86,12 @@ def test_decode_rejects_bad_ids(tokenizers, kind):
         tok.decode(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="expects a str"):
         tok.encode(b"bytes")
+    for floats in ([4.9, 5.2], torch.tensor([4.9, 5.0]), [5, True]):  # int() would silently read 4 and 5
+        with pytest.raises(ValueError, match=r"expects integer token ids, got \[(4\.9|True)"):
+            tok.decode(floats)
+    with pytest.raises(ValueError, match="expects a list of integer token ids, got 5"):
+        tok.decode(5)
+    assert tok.decode(np.array([5, 6])) == tok.decode([5, 6]) == tok.decode(torch.tensor([5, 6]))
 
 
 def test_char_vocabulary_is_specials_then_sorted_chars():

@@ -169,7 +169,7 @@ class Tokenizer(ABC):
         try:
             not_ids = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
         except TypeError:  # not iterable
-            not_ids = [ids]
+            raise ValueError(f"{type(self).__name__} expects a list of integer token ids, got {ids!r}") from None
         if not_ids:  # int(4.9) would silently read id 4
             raise ValueError(
                 f"{type(self).__name__} expects integer token ids, got {not_ids[:5]!r}; "
