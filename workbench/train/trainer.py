@@ -223,7 +223,8 @@ class Trainer:
                 if not (math.isfinite(value) and abs(value) <= largest):
                     raise NonFiniteLossError(
                         f"the update of step {t} would overflow: {what} = {value:.3g} does not fit in "
-                        f"{group['params'][0].dtype} (lr={lr:.3g}); training stopped and the model keeps its "
+                        f"{group['params'][0].dtype} (lr {lr:.3g} at this step of the schedule, configured "
+                        f"lr={self.config.lr:.3g}); training stopped and the model keeps its "
                         f"state after step {self.step}. Lower lr"
                     )
 
