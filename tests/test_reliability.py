@@ -253,20 +253,24 @@ def _wait_for(condition, process, what: str, timeout: float = 120.0):
 
 def test_sigkill_during_a_save_leaves_a_valid_run_that_resumes(tmp_path, cli_env):
     out = tmp_path / "run"
-    args = _cli("train", "--preset", "ci", "--n-layer", "2", "--d-model", "64", "--steps", "300",
-                "--checkpoint-every", "1", "--out", str(out))
+
+    def command(steps, *extra):
+        return _cli("train", "--preset", "ci", "--n-layer", "2", "--d-model", "64", "--steps", str(steps),
+                    "--checkpoint-every", "1", "--out", str(out), *extra)
+
     for kill in range(2):
-        process = subprocess.Popen(args + (["--resume"] if kill else []), env=cli_env,
+        process = subprocess.Popen(command(300, *(["--resume"] if kill else [])), env=cli_env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        in_save = lambda: out.is_dir() and any(".tmp-" in p.name for p in out.iterdir())  # noqa: E731
-        _wait_for(lambda: ckpt.checkpoint_folders(out) and in_save(), process, "save in progress")
+        own_temporary = f".tmp-{process.pid}"  # this process's save in progress (not a killed one's leftover)
+        _wait_for(lambda: len(ckpt.checkpoint_folders(out)) >= 1 + kill  # a complete save came before
+                  and any(p.name.endswith(own_temporary) for p in out.iterdir()), process, "save in progress")
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert process.returncode == -signal.SIGKILL
         directory, meta = ckpt.read_checkpoint(out)  # latest.json points at a complete, verified checkpoint
-        assert directory.name == f"step-{meta['step']:06d}" and meta["step"] >= 1
-    done = subprocess.run(args[:-2] + ["--steps", str(meta["step"] + 3), "--out", str(out), "--resume"],
-                          env=cli_env, capture_output=True, text=True, timeout=300)
+        assert directory.name == f"step-{meta['step']:06d}"
+    done = subprocess.run(command(meta["step"] + 3, "--resume"), env=cli_env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"resumed {out} at step {meta['step']}" in done.stdout
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]  # no stale temporaries
