@@ -17,8 +17,9 @@ every file's size and hash before touching the model, so a truncated or
 foreign file gives one clear error and changes nothing. Every way a run
 directory can be damaged (a hand-edited pointer, binary garbage, a missing
 field, a negative step) raises one ``CheckpointError`` that names the file,
-the problem and the fix (the checks are in ``checkpoint_checks.py``). A save killed outright (kill -9, power loss) leaves
-dot-named temporaries behind; the next save into the run sweeps them away.
+the problem and the fix (the checks are in ``checkpoint_checks.py``). A save
+killed outright (kill -9, power loss) leaves dot-named temporaries behind;
+the next save into the run sweeps them away.
 """
 from __future__ import annotations
 
@@ -211,12 +212,8 @@ def sweep_temporaries(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- reading, with one clear error
-def _step_folders(run_dir: Path) -> list[str]:
-    return [p.name for p in checkpoint_folders(run_dir)]
-
-
 def _pointer_fix(run_dir: Path) -> str:
-    steps = _step_folders(run_dir)
+    steps = [p.name for p in checkpoint_folders(run_dir)]
     if not steps:
         return "the run holds no step-* folder: train again, or pass another run directory"
     shown = ", ".join(steps[-6:]) if len(steps) <= 6 else "..., " + ", ".join(steps[-5:])

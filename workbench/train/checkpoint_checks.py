@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from ..validation import is_number
 
 
 class CheckpointError(ValueError):
@@ -147,8 +148,7 @@ def check_training_state(meta: dict, meta_path: Path, optimizer: Optional[torch.
                               "folder the Trainer saved")
     need(meta_path, "step", meta.get("step", MISSING), is_count, "an integer >= 0")
     if "elapsed" in meta:
-        need(meta_path, "elapsed", meta["elapsed"], lambda v: isinstance(v, (int, float)) and
-              not isinstance(v, bool) and math.isfinite(v) and v >= 0, "a finite number >= 0")
+        need(meta_path, "elapsed", meta["elapsed"], lambda v: is_number(v) and v >= 0, "a finite number >= 0")
     if "tokens_seen" in meta:
         need(meta_path, "tokens_seen", meta["tokens_seen"], is_count, "an integer >= 0")
     history = meta.get("history", MISSING)
