@@ -5,8 +5,13 @@
                                         (e.g. --no-browser --ip 0.0.0.0 --allow-root)
     python3 run.py tour [args]          set up, then run `workbench tour` (headless)
     python3 run.py test [pytest args]   set up, then run the unit tests and every
-                                        notebook under nbval with the `ci` preset
+                                        notebook under nbval with the `ci` preset,
+                                        then the student edition and the browser tests (tests/live)
     python3 run.py bench [args]         set up, then run `workbench bench`
+    python3 run.py warm [--preset P]    set up, then run every notebook once so that all they
+                                        train is in the training cache (no waiting in class)
+    python3 run.py student DIR          set up, then write the student edition of the
+                                        notebooks (solutions replaced by stubs) into DIR
     python3 run.py publish [notebooks]  set up (plus kaleido), then execute the notebooks
                                         under the `cpu` preset and save their outputs
                                         with static figures (needs Chrome or Chromium)
@@ -57,6 +62,13 @@ TEST_ENV_DEFAULTS = {"WORKBENCH_PRESET": "ci"}
 
 TEST_WORKERS = "2"
 DEFAULT_TEST_PATHS = ("tests", "notebooks")
+# Phase 2 of `run.py test`: the student edition run top to bottom, and the tests that drive
+# JupyterLab in a browser (one at a time, after phase 1, so they reuse the training cache that
+# phase 1's notebooks filled).
+LIVE_TEST_PATH = "tests/live"
+CACHE_ENV = "WORKBENCH_CACHE"  # root of the token and training caches (workbench/train/cache.py)
+CHROMIUM_HINT = ("browser tests (tests/live) skipped: Chromium not found; "
+                 "install Debian's chromium: apt-get install chromium")
 SANITIZE_FILE = Path("notebooks") / "sanitize.cfg"
 # A hung notebook cell should fail CI, not stall it for nbval's default 2000 s. This is a
 # hang guard, not a speed test: notebooks/conftest.py also waits up to this long for a
@@ -338,10 +350,62 @@ def pytest_argv(
     if cwd.resolve() != root.resolve():
         for i in indexes:
             user_args[i] = str(cwd / user_args[i])
+    if not has_paths:  # the browser tests run afterwards, on their own (live_pytest_argv)
+        argv += ["--ignore", str(root / LIVE_TEST_PATH)]
     argv += user_args
     if not has_paths:
         argv += list(DEFAULT_TEST_PATHS)
     return argv
+
+
+def live_pytest_argv(python, user_args: list[str] | None = None, root: Path = ROOT) -> list[str]:
+    """Phase 2: the browser tests, in this one process (they share one JupyterLab and one browser)."""
+    user_args = list(user_args or [])
+    argv = [str(python), "-m", "pytest"]
+    if not _user_controls_xdist(user_args):
+        argv += ["-p", "no:xdist"]
+    return argv + user_args + [LIVE_TEST_PATH]
+
+
+def phase_commands(python, user_args: list[str] | None = None, root: Path = ROOT,
+                cwd: Path | None = None) -> list[list[str]]:
+    """The pytest commands `run.py test` runs, in order.
+
+    Without paths: phase 1 (unit tests + notebooks, 2 xdist workers, tests/live left out), then
+    phase 2 (tests/live, one process). With paths named by the caller: just those, in one phase.
+    """
+    user_args = list(user_args or [])
+    cwd = root if cwd is None else Path(cwd)
+    phases = [pytest_argv(python, user_args, root, cwd)]
+    if not split_paths(user_args, cwd)[1]:
+        phases.append(live_pytest_argv(python, user_args, root))
+    return phases
+
+
+def find_chromium(env=None) -> str | None:
+    """The Chromium the browser tests use (same search as tests/live), or None."""
+    import shutil
+
+    env = os.environ if env is None else env
+    for candidate in (env.get("WORKBENCH_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def phases_exit_code(codes: list[int], user_args: list[str] | None = None) -> int:
+    """One exit code for the phases: the first failure's, else 0.
+
+    Exit 5 (no tests collected) is a failure, except in phase 2 when the caller's own filters
+    (`-k`, `-m`, ...) matched nothing under tests/live.
+    """
+    for i, code in enumerate(codes):
+        if code == 5 and i == 1 and user_args:
+            continue
+        if code != 0:
+            return code
+    return 0
 
 
 def pytest_env(base=None) -> dict:
@@ -443,6 +507,14 @@ def cmd_bench(args: list[str]) -> int:
     return _workbench("bench", args)
 
 
+def cmd_warm(args: list[str]) -> int:
+    return _workbench("warm", args)
+
+
+def cmd_student(args: list[str]) -> int:
+    return _workbench("student-edition", args)
+
+
 def cmd_publish(args: list[str]) -> int:
     python = setup()
     if subprocess.call([str(python), "-c", "import kaleido"], stderr=subprocess.DEVNULL) != 0:
@@ -456,17 +528,43 @@ def cmd_publish(args: list[str]) -> int:
 
 
 def cmd_test(args: list[str]) -> int:
+    import shutil
+    import tempfile
+
     python = setup()
-    argv = pytest_argv(python, args, ROOT, Path.cwd())
+    phases = phase_commands(python, args, ROOT, Path.cwd())
     env = pytest_env()
+    own_cache = None
+    if not os.environ.get(CACHE_ENV):
+        # A fresh cache for this run: phase 2 reuses what phase 1's notebooks trained, and no
+        # run ever reuses a stale cache from an earlier one.
+        own_cache = tempfile.mkdtemp(prefix="workbench-test-cache-")
+        env[CACHE_ENV] = own_cache
     log(
         f"running tests with WORKBENCH_PRESET={env['WORKBENCH_PRESET']}, "
-        f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, offline"
+        f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, {CACHE_ENV}={env[CACHE_ENV]}, offline"
     )
-    log("$ " + " ".join(_show(a) for a in argv))
-    rc = run_child(argv, cwd=ROOT, env=env)
-    if rc == 5:
-        log("pytest collected no tests (exit 5): check the paths and -k/-m filters")
+    codes = []
+    try:
+        for i, argv in enumerate(phases, start=1):
+            if len(phases) > 1:
+                what = "unit tests and notebooks" if i == 1 else "student edition and browser tests"
+                log(f"phase {i} of {len(phases)}: {what}")
+                if i == 2 and find_chromium(env) is None:
+                    log(CHROMIUM_HINT)
+            log("$ " + " ".join(_show(a) for a in argv))
+            rc = run_child(argv, cwd=ROOT, env=env)
+            if rc == 5:
+                log("pytest collected no tests (exit 5): check the paths and -k/-m filters")
+            codes.append(rc)
+            if rc == 2 or rc >= 128:  # interrupted (Ctrl-C, a signal) or a usage error: stop here
+                break
+    finally:
+        if own_cache is not None:
+            shutil.rmtree(own_cache, ignore_errors=True)
+    rc = phases_exit_code(codes, args)
+    if len(phases) > 1:
+        log("exit codes: " + ", ".join(f"phase {i} {c}" for i, c in enumerate(codes, start=1)) + f" -> {rc}")
     return rc
 
 
@@ -476,6 +574,8 @@ COMMANDS = {
     "tour": cmd_tour,
     "test": cmd_test,
     "bench": cmd_bench,
+    "warm": cmd_warm,
+    "student": cmd_student,
     "publish": cmd_publish,
 }
 

@@ -221,6 +221,75 @@ def test_pytest_env():
     assert run_py.pytest_env({"WORKBENCH_PRESET": "cpu"})["WORKBENCH_PRESET"] == "cpu"
 
 
+def test_default_run_has_two_phases_browser_tests_last():
+    phase1, phase2 = run_py.phase_commands("PY", [], ROOT)
+    assert phase1 == _argv()
+    assert phase1[phase1.index("--ignore") + 1] == str(ROOT / "tests" / "live")
+    assert phase1[-2:] == ["tests", "notebooks"] and "-n" in phase1
+    assert phase2[:3] == ["PY", "-m", "pytest"] and phase2[-1] == "tests/live"
+    assert "-n" not in phase2 and phase2[phase2.index("-p") + 1] == "no:xdist"
+    assert "--nbval-lax" not in phase2
+
+
+def test_filters_apply_to_both_phases():
+    phase1, phase2 = run_py.phase_commands("PY", ["-k", "widget", "-x"], ROOT)
+    assert phase1[-5:] == ["-k", "widget", "-x", "tests", "notebooks"]
+    assert phase2[-4:] == ["-k", "widget", "-x", "tests/live"]
+    # a user who takes over distribution keeps it in phase 2 too (no conflicting -p no:xdist)
+    phase2 = run_py.phase_commands("PY", ["-n", "0"], ROOT)[1]
+    assert "no:xdist" not in phase2 and phase2[-3:] == ["-n", "0", "tests/live"]
+
+
+def test_named_paths_run_in_one_phase():
+    phases = run_py.phase_commands("PY", ["tests/test_run_py.py", "-q"], ROOT)
+    assert len(phases) == 1 and phases[0] == _argv("tests/test_run_py.py", "-q")
+    assert "--ignore" not in phases[0]
+    only_live = run_py.phase_commands("PY", ["tests/live"], ROOT)
+    assert len(only_live) == 1 and only_live[0][-1] == "tests/live"
+
+
+@pytest.mark.parametrize("codes, user_args, expected", [
+    ([0, 0], [], 0), ([1, 0], [], 1), ([0, 1], [], 1), ([5, 0], [], 5), ([5, 0], ["-k", "x"], 5),
+    ([0, 5], [], 5), ([0, 5], ["-k", "tokenizer"], 0), ([2], [], 2), ([0], ["tests"], 0),
+])
+def test_exit_code_is_nonzero_if_either_phase_fails(codes, user_args, expected):
+    assert run_py.phases_exit_code(codes, user_args) == expected
+
+
+def test_cmd_test_runs_both_phases_with_one_fresh_cache(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_child(argv, cwd=None, env=None):
+        calls.append((argv, env[run_py.CACHE_ENV], Path(env[run_py.CACHE_ENV]).is_dir()))
+        return 0 if len(calls) == 1 else 1
+
+    monkeypatch.setattr(run_py, "setup", lambda: "PY")
+    monkeypatch.setattr(run_py, "run_child", fake_child)
+    monkeypatch.setattr(run_py, "find_chromium", lambda env=None: None)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv(run_py.CACHE_ENV, raising=False)
+    assert run_py.cmd_test([]) == 1  # phase 2 failed
+    assert len(calls) == 2 and calls[0][1] == calls[1][1] and calls[0][2]
+    assert not Path(calls[0][1]).exists()  # the run's own cache is removed afterwards
+    calls.clear()
+    monkeypatch.setenv(run_py.CACHE_ENV, str(tmp_path))
+    assert run_py.cmd_test(["tests/test_run_py.py"]) == 0
+    assert len(calls) == 1 and calls[0][1] == str(tmp_path) and tmp_path.is_dir()
+
+
+def test_chromium_hint_is_printed_when_chromium_is_missing(monkeypatch, capsys):
+    monkeypatch.setattr(run_py, "setup", lambda: "PY")
+    monkeypatch.setattr(run_py, "run_child", lambda argv, cwd=None, env=None: 0)
+    monkeypatch.setattr(run_py, "find_chromium", lambda env=None: None)
+    monkeypatch.chdir(ROOT)
+    assert run_py.cmd_test([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("apt-get install chromium") == 1
+    monkeypatch.setattr(run_py, "find_chromium", lambda env=None: "/usr/bin/chromium")
+    run_py.cmd_test([])
+    assert "apt-get install chromium" not in capsys.readouterr().out
+
+
 # ------------------------------------------------- things run.py relies on
 
 

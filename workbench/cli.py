@@ -5,6 +5,8 @@
     workbench train --attention gla --position none --out runs/gla     (any registered variant)
     workbench sample --checkpoint runs/pydoc --prompt "The "
     workbench bench                     training speed and time-to-loss against references
+    workbench warm                      run every notebook once: what they train is cached for class
+    workbench student-edition DIR       the notebooks with the exercise solutions taken out
 
 `workbench train` never replaces a run by accident: onto a run directory that
 holds checkpoints it needs --resume (continue) or --overwrite (start over).
@@ -182,6 +184,34 @@ def cmd_tour(args) -> int:
     return 0
 
 
+def cmd_warm(args) -> int:
+    from .classroom import warm_cache
+
+    preset = args.preset or os.environ.get("WORKBENCH_PRESET") or _default_preset()
+    timings = warm_cache(preset, args.notebooks)
+    print(f"wall time per notebook (preset {preset}, {os.cpu_count()} cores):")
+    for name, seconds in timings:
+        print(f"  {name:<32} {seconds:6.1f} s")
+    return 0
+
+
+def _default_preset() -> str:
+    from .presets import preset
+
+    return preset().name
+
+
+def cmd_student_edition(args) -> int:
+    from .exercises.editions import write_student_edition
+
+    written = write_student_edition(args.out, args.notebooks or None, overwrite=args.overwrite)
+    for name, replaced in written.items():
+        print(f"  {name}: {replaced} solutions replaced by stubs")
+    print(f"student edition written to {args.out}: open it with `jupyter lab {args.out}`; each check prints "
+          "'not yet' until the student's function is written")
+    return 0
+
+
 def cmd_bench(argv: Sequence[str]) -> int:
     from . import bench
 
@@ -242,6 +272,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     tour.set_defaults(handler=cmd_tour)
 
     commands.add_parser("bench", help="training throughput and time-to-loss benchmark (see workbench bench -h)")
+
+    warm = commands.add_parser("warm", help="run every notebook once so that what they train is cached for class")
+    warm.add_argument("--preset", choices=("ci", "cpu", "gpu"), default=None,
+                      help="the preset the class will use (default: $WORKBENCH_PRESET, else the machine's)")
+    warm.add_argument("notebooks", nargs="*", help="notebooks to run (default: all)")
+    warm.set_defaults(handler=cmd_warm)
+
+    student = commands.add_parser("student-edition", help="write the notebooks with the solutions taken out")
+    student.add_argument("out", help="folder to write the student notebooks into")
+    student.add_argument("--overwrite", action="store_true", help="replace student notebooks already in OUT")
+    student.add_argument("--notebooks", nargs="*", default=None, help="teacher notebooks (default: all)")
+    student.set_defaults(handler=cmd_student_edition)
 
     return parser.parse_args(argv)
 

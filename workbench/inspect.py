@@ -5,13 +5,13 @@ Jupyter: they return NumPy arrays and lists.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .generate import filter_logits
+from .generate import filter_logits, special_ids_to_suppress, suppress_logits
 
 
 def _run(model, tokenizer, text: str, empty_message: str, **forward_options):
@@ -46,26 +46,39 @@ def attention_maps(model, tokenizer, text: str, attention_mode: str = "causal") 
 @dataclass
 class NextTokenDistribution:
     tokens: list[str]        # labels of the most likely tokens, most likely first
-    probs: np.ndarray        # their probability after temperature and top-k / top-p
-    raw_probs: np.ndarray    # their probability at temperature 1, no filtering
+    probs: np.ndarray        # their probability after temperature and top-k / top-p (what is sampled from)
+    raw_probs: np.ndarray    # their probability at temperature 1, no top-k / top-p
     kept: np.ndarray         # bool: still sampleable after top-k / top-p
+    suppressed: list[str] = field(default_factory=list)  # special tokens left out (never sampled)
 
 
 @torch.no_grad()
 def next_token_distribution(model, tokenizer, text: str, temperature: float = 1.0, top_k: Optional[int] = None,
-                            top_p: Optional[float] = None, show: int = 20) -> NextTokenDistribution:
-    """The distribution the sampler draws the next token from, for the ``show`` likeliest tokens."""
+                            top_p: Optional[float] = None, show: int = 20, suppress_special: bool = False,
+                            stop_tokens=()) -> NextTokenDistribution:
+    """The distribution the sampler draws the next token from, for the ``show`` likeliest tokens.
+
+    With ``suppress_special`` the special tokens a plain-text model never produces
+    (``workbench.generate.special_ids_to_suppress``: [PAD], [MASK], [BOS], and [EOS]
+    unless it is in ``stop_tokens``) are removed before temperature and filtering,
+    exactly as ``sample_text`` (whose default is on) removes them: they are not shown and
+    the probabilities (``probs`` and ``raw_probs``) renormalize over the other tokens.
+    Off by default here, so ``raw_probs`` is the model's own softmax.
+    """
     _, out = _run(model, tokenizer, text, "the prompt is empty; type at least one character")
     logits = out.logits[0, -1].float().cpu()
+    suppress = special_ids_to_suppress(tokenizer, stop_tokens) if suppress_special else []
+    logits = suppress_logits(logits, suppress)
     raw = logits.softmax(-1)
     if temperature == 0:
         final = torch.zeros_like(raw)
         final[raw.argmax()] = 1.0
     else:
         final = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    order = raw.argsort(descending=True)[:show]
+    order = raw.argsort(descending=True)[:min(show, raw.numel() - len(suppress))]
     return NextTokenDistribution(tokens=tokenizer.token_strings(order.tolist()), probs=final[order].numpy(),
-                                 raw_probs=raw[order].numpy(), kept=(final[order] > 0).numpy())
+                                 raw_probs=raw[order].numpy(), kept=(final[order] > 0).numpy(),
+                                 suppressed=tokenizer.token_strings(suppress))
 
 
 @torch.no_grad()

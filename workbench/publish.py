@@ -7,6 +7,8 @@ executes every notebook top to bottom under the ``cpu`` preset with
 
 * ``WORKBENCH_STATIC_FIGURES=1``: live widgets also leave a static figure
   behind (see ``workbench.viz.widgets``);
+* ``WORKBENCH_TRAINING_CACHE=off``: every model is trained for real (the wall times printed are a
+  student's first run);
 * ``PLOTLY_RENDERER=plotly_mimetype+png``: every figure carries both plotly's
   JSON (interactive in JupyterLab) and a PNG (shown by GitHub), rendered by
   kaleido with a local Chromium (``BROWSER_PATH``);
@@ -42,6 +44,7 @@ PUBLISH_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "PYTHONHASHSEED": "0",
+    "WORKBENCH_TRAINING_CACHE": "off",  # committed outputs come from real training runs, not from a cache
 }
 
 

@@ -247,7 +247,8 @@ class GPT(nn.Module):
     def flops_per_token(self, context: Optional[int] = None, training: bool = True) -> int:
         """FLOPs to process one token: 2 per multiply-add of every weight matrix (incl. the LM head)
         plus attention's q k^T and probs @ v over ``context`` keys; training (forward + backward)
-        is 3x forward (Kaplan et al. 2020; PaLM appendix B: 6N + 12 L d T)."""
+        is 3x forward. For full attention this is PaLM's accounting (Chowdhery et al. 2022, App. B:
+        6N + 12 L d T per token); Kaplan et al. (2020) count 2 L T d for attention's forward instead of 4."""
         context = context or self.config.block_size
         # every nn.Linear weight once (the LM head included, tied or not); biases and norm gains are not matmuls
         matmul_params = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))

@@ -51,6 +51,24 @@ class BrokenUpdateError(RuntimeError):
     """The optimizer failed half-way through an update: the weights are no longer a state of the run."""
 
 
+def _end_progress_bar(bar) -> None:
+    """Close fit()'s bar so that it disappears, whether the run completed or was stopped.
+
+    tqdm's notebook bar, closed short of its total (the stop button), turns red for good; a stop is
+    not an error (fit() continues from there). And when it closes normally with ``leave=False`` it
+    closes its widget model, while the browser may still be creating the bar's view: the page then
+    logs "widget model not found". So a notebook bar is hidden (its model stays) and then closed as a
+    finished, disabled bar; a console bar is closed as finished (``leave=False`` clears its line).
+    """
+    container = getattr(bar, "container", None)  # only tqdm.notebook bars have one
+    if container is not None and not getattr(bar, "disable", False):
+        container.layout.display = "none"
+        container.layout.visibility = "hidden"
+        bar.disable = True  # close() leaves a disabled bar's widget alone
+    bar.total = bar.n
+    bar.close()
+
+
 class Trainer:
     def __init__(self, model, objective, data, config: Optional[TrainConfig] = None,
                  callbacks: Optional[Iterable[Callback]] = None, out_dir=None, tokenizer=None):
@@ -137,7 +155,7 @@ class Trainer:
             self._rng_state = _global_rng_state()
             _set_global_rng_state(outer_rng)
             self.elapsed = base_elapsed + (time.perf_counter() - start)
-            bar.close()
+            _end_progress_bar(bar)
             for callback in self.callbacks:
                 callback.on_train_end(self)
         return self.history

@@ -40,20 +40,67 @@ def loss_figure(history: dict, floor: Optional[float] = None, title: str = "Loss
     return fig
 
 
+def is_probability_map(values: np.ndarray, atol: float = 1e-3) -> bool:
+    """True when every row is a probability distribution (softmax attention, linear attention).
+
+    The token-mixing matrices of GLA, the delta rule and SSD are not: their weights
+    can be negative and their rows need not sum to 1.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return True
+    return bool(np.all(values >= -atol) and np.allclose(values.sum(-1), 1.0, atol=atol))
+
+
+def heatmap_scale(values: np.ndarray) -> dict:
+    """Colour settings for one attention heatmap (``go.Heatmap`` keyword arguments).
+
+    Probabilities keep a fixed 0..1 sequential scale, so heads and layers compare
+    directly. A mixing matrix gets a diverging scale symmetric around 0 and scaled to
+    its own largest |weight| (named in the colorbar title), so a small map (SSD, within
+    +-0.04) is as visible as a large one (GLA, several units), negative weights show in
+    blue and decay along a row reads as fading colour.
+    """
+    values = np.asarray(values, dtype=float)
+    if is_probability_map(values):
+        return dict(colorscale="Blues", reversescale=False, zmin=0.0, zmax=1.0, zmid=None,
+                    colorbar=dict(title=dict(text="p")))
+    finite = np.abs(values[np.isfinite(values)])
+    top = float(finite.max()) if finite.size else 1.0
+    top = top if top > 0 else 1.0
+    return dict(colorscale="RdBu", reversescale=True, zmin=-top, zmax=top, zmid=0.0,
+                colorbar=dict(title=dict(text=f"weight<br>(±{top:.3g})")))
+
+
+MAX_TICKS = 24  # at most this many token labels per axis; longer prompts label every 2nd, 4th, ... token
+
+
+def token_ticks(labels: Sequence[str], max_ticks: int = MAX_TICKS) -> dict:
+    """Axis settings that label every token of a short prompt and every 2nd/4th/8th... of a long one."""
+    n = len(labels)
+    step = 1
+    while n / step > max_ticks:
+        step *= 2
+    positions = list(range(0, n, step))
+    size = 12 if n <= 12 else 10 if step == 1 else 9
+    return dict(tickmode="array", tickvals=positions, ticktext=[labels[i] for i in positions],
+                tickfont=dict(size=size), tickangle=0)
+
+
 def attention_figure(probs: np.ndarray, query_labels: Sequence[str], key_labels: Sequence[str],
                      title: str = "Attention") -> go.Figure:
-    """Heatmap of one head's attention probabilities: rows are queries, columns keys."""
+    """Heatmap of one head's attention probabilities (or a mixer's token-mixing matrix): rows are queries,
+    columns keys. Colours follow ``heatmap_scale``; hover shows every token pair and its value."""
     probs = np.asarray(probs)
-    tick_font = dict(size=max(7, min(12, 480 // max(1, len(key_labels)))))  # long prompts: smaller labels
+    scale = heatmap_scale(probs)
     fig = go.Figure(go.Heatmap(z=probs, x=list(range(len(key_labels))), y=list(range(len(query_labels))),
-                               colorscale="Blues", zmin=0.0, zmax=1.0, colorbar=dict(title="p"),
+                               **scale,
                                customdata=np.array([[f"{q} -> {k}" for k in key_labels] for q in query_labels]),
-                               hovertemplate="%{customdata}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(template=TEMPLATE, title=title, height=480, width=560,
-                      xaxis=dict(title="key", tickvals=list(range(len(key_labels))), ticktext=list(key_labels),
-                                 tickfont=tick_font),
-                      yaxis=dict(title="query", autorange="reversed", tickvals=list(range(len(query_labels))),
-                                 ticktext=list(query_labels), tickfont=tick_font),
+                               hovertemplate="%{customdata}: %{z:.3g}<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, title=title, height=600, width=640,
+                      xaxis=dict(title="key", constrain="domain", **token_ticks(key_labels)),
+                      yaxis=dict(title="query", autorange="reversed", scaleanchor="x", constrain="domain",
+                                 **token_ticks(query_labels)),
                       margin=dict(l=60, r=20, t=50, b=60))
     return fig
 
@@ -119,19 +166,34 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 def heatmap_grid_figure(panels: dict[str, np.ndarray], title: str, columns: int = 3,
                         colorbar_title: str = "") -> go.Figure:
-    """Small multiples: one (T x T) heatmap per name on one 0..1 color scale (rows: queries, columns: keys)."""
+    """Small multiples: one (T x T) heatmap per name (rows: queries, columns: keys).
+
+    Probability maps share one 0..1 scale (``colorbar_title``). Mixing matrices that are not
+    probabilities (GLA, delta rule, SSD: signed, rows not summing to 1) are divided by their own
+    largest |weight| and drawn on a second, diverging -1..1 scale, so each shows its pattern.
+    """
     from plotly.subplots import make_subplots
 
     rows = -(-len(panels) // columns)
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=list(panels), horizontal_spacing=0.04,
                         vertical_spacing=0.08)
+    signed = False
     for i, values in enumerate(panels.values()):
-        fig.add_heatmap(z=np.asarray(values), coloraxis="coloraxis", row=i // columns + 1, col=i % columns + 1)
+        values = np.asarray(values, dtype=float)
+        axis = "coloraxis"
+        if not is_probability_map(values):
+            top = float(np.abs(values).max()) or 1.0
+            values, axis, signed = values / top, "coloraxis2", True
+        fig.add_heatmap(z=values, coloraxis=axis, row=i // columns + 1, col=i % columns + 1)
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(template=TEMPLATE, title=title, height=280 * rows + 60, width=760,
-                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title=colorbar_title)),
+    fig.update_layout(template=TEMPLATE, title=title, height=280 * rows + 60, width=760 + (80 if signed else 0),
+                      coloraxis=dict(colorscale="Blues", cmin=0, cmax=1,
+                                     colorbar=dict(title=colorbar_title, x=1.0 if signed else None)),
                       margin=dict(l=20, r=20, t=70, b=20))
+    if signed:
+        fig.update_layout(coloraxis2=dict(colorscale="RdBu", reversescale=True, cmin=-1, cmax=1, cmid=0,
+                                          colorbar=dict(title="weight /<br>max|weight|<br>(per panel)", x=1.12)))
     return fig
 
 

@@ -28,7 +28,7 @@ from IPython.display import display
 from ..generate import sample_text
 from ..inspect import attention_maps, next_token_distribution
 from ..train.callbacks import Callback
-from .figures import attention_figure, distribution_figure, loss_figure, smooth
+from .figures import attention_figure, distribution_figure, heatmap_scale, loss_figure, smooth, token_ticks
 
 STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
 
@@ -84,27 +84,46 @@ class LiveLossPlot(Callback):
             self.figure.data[1].y = [r["val_loss"] for r in evals]
 
 
-def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 200) -> widgets.Widget:
-    """Move temperature / top-k / top-p and watch the next-token distribution reshape; press Sample."""
+SLIDER_STYLE = {"description_width": "initial"}  # full labels ("temperature", "top-k (0=off)"), not "temperat..."
+
+
+def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 200,
+                      suppress_special: bool = True) -> widgets.Widget:
+    """Move temperature / top-k / top-p and watch the next-token distribution reshape; press Sample.
+
+    With ``suppress_special`` (the default) the special tokens a plain-text model never
+    produces ([PAD], [MASK], [BOS], [EOS]; ``workbench.generate.special_ids_to_suppress``)
+    are neither shown nor sampled: the bars are exactly the distribution Sample draws from.
+    """
     prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
-    temperature = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="temperature")
-    top_k = widgets.IntSlider(value=0, min=0, max=min(100, tokenizer.vocab_size), description="top-k (0=off)")
-    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
+    temperature = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.05, description="temperature",
+                                      style=SLIDER_STYLE)
+    top_k = widgets.IntSlider(value=0, min=0, max=min(100, tokenizer.vocab_size), description="top-k (0=off)",
+                              style=SLIDER_STYLE)
+    top_p = widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p", style=SLIDER_STYLE)
     seed = widgets.IntText(value=0, description="seed")
     button = widgets.Button(description="Sample", button_style="primary")
     text_out = widgets.HTML()
     figure = go.FigureWidget(distribution_figure([], []))
+    state = {"error": False}  # text_out holds an error message (cleared once the prompt works again)
 
     def settings():
         return dict(temperature=temperature.value, top_k=top_k.value or None,
                     top_p=top_p.value if top_p.value < 1.0 else None)
 
+    def show_error(error):
+        text_out.value = f"<b>{html.escape(str(error))}</b>"
+        state["error"] = True
+
     def redraw(*_):
         try:
-            dist = next_token_distribution(model, tokenizer, prompt_box.value or "\n", **settings())
+            dist = next_token_distribution(model, tokenizer, prompt_box.value or "\n",
+                                           suppress_special=suppress_special, **settings())
         except ValueError as error:
-            text_out.value = f"<b>{html.escape(str(error))}</b>"
+            show_error(error)
             return
+        if state["error"]:
+            text_out.value, state["error"] = "", False
         with figure.batch_update():
             figure.data[0].x = dist.tokens
             figure.data[0].y = dist.probs
@@ -114,9 +133,11 @@ def sampling_explorer(model, tokenizer, prompt: str = "", max_new_tokens: int = 
     def sample(*_):
         try:
             text = sample_text(model, tokenizer, prompt_box.value or "\n", max_new_tokens,
-                               seed=seed.value, **settings())
+                               seed=seed.value, suppress_special=suppress_special, **settings())
         except ValueError as error:
-            text = f"error: {error}"
+            show_error(f"error: {error}")
+            return
+        state["error"] = False
         text_out.value = f"<pre style='white-space: pre-wrap'>{html.escape(text)}</pre>"
 
     for control in (prompt_box, temperature, top_k, top_p):
@@ -132,15 +153,19 @@ def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
     """Layer and head sliders over the attention heatmap of ``prompt`` (edit the prompt to recompute).
 
     ``model`` may be a dict of named models (e.g. one per attention variant): a dropdown then picks one.
-    For attention-free mixers the heatmap is their token-mixing matrix.
+    For attention-free mixers the heatmap is their token-mixing matrix, drawn on a diverging scale
+    symmetric around 0 and scaled to the shown map's largest |weight| (the colorbar names it);
+    probabilities keep the fixed 0..1 scale (``figures.heatmap_scale``).
     """
     models = model if isinstance(model, dict) else {"model": model}
     variant = widgets.Dropdown(options=list(models), description="variant",
                                layout=widgets.Layout(display="flex" if len(models) > 1 else "none"))
     current = lambda: models[variant.value]  # noqa: E731
     prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
-    layer = widgets.IntSlider(value=0, min=0, max=current().config.n_layer - 1, description="layer")
-    head = widgets.IntSlider(value=0, min=0, max=current().config.n_head - 1, description="head")
+    layer = widgets.IntSlider(value=0, min=0, max=current().config.n_layer - 1, description="layer",
+                              style=SLIDER_STYLE)
+    head = widgets.IntSlider(value=0, min=0, max=current().config.n_head - 1, description="head",
+                             style=SLIDER_STYLE)
     message = widgets.HTML()
     maps = {"value": attention_maps(current(), tokenizer, prompt)}
     labels = maps["value"].tokens
@@ -150,12 +175,14 @@ def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
         current = maps["value"]
         names = current.tokens
         ticks = list(range(len(names)))
+        values = current.probs[layer.value, head.value]
         with figure.batch_update():
-            figure.data[0].z = current.probs[layer.value, head.value]
+            figure.data[0].z = values
             figure.data[0].x, figure.data[0].y = ticks, ticks
             figure.data[0].customdata = [[f"{q} -> {k}" for k in names] for q in names]
-            figure.layout.xaxis.update(tickvals=ticks, ticktext=names)
-            figure.layout.yaxis.update(tickvals=ticks, ticktext=names)
+            figure.data[0].update(**heatmap_scale(values))  # 0..1 for probabilities, +-max|w| for mixers
+            figure.layout.xaxis.update(**token_ticks(names))
+            figure.layout.yaxis.update(**token_ticks(names))
             title = f"layer {layer.value}, head {head.value}"
             figure.layout.title = title if len(models) == 1 else f"{variant.value}: {title}"
 
