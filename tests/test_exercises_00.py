@@ -1,18 +1,14 @@
-"""Exercises of notebook 00 (tour): solutions pass, stubs say "not yet", known and other mistakes fail
-with a line that points at them, and the notebook's exercise cells agree with the registry."""
-import json
+"""Exercises of notebook 00 (tour): the solutions pass and further plausible mistakes fail with a line that
+points at them. What every exercise shares (stub "not yet", known mistakes named, the notebook's cells agree
+with the registry) is tested once for all in test_exercises_framework.py."""
 import math
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from workbench.exercises import exercises, get, run_check
-from workbench.exercises.editions import BEGIN, END, strip_solutions
+from workbench.exercises import get, run_check
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "00_tour.ipynb"
 IDS = ["00.1", "00.2", "00.3"]
 
 
@@ -67,10 +63,6 @@ OTHER_MISTAKES = [
 ]
 
 
-def test_the_notebook_has_exactly_these_exercises():
-    assert sorted(i for i in exercises() if i.startswith("00.")) == IDS
-
-
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_the_solution_passes_every_case(exercise_id):
     report = run_check(get(exercise_id), SOLUTIONS[exercise_id])
@@ -113,49 +105,3 @@ def test_entropy_rate_reference_on_a_fair_coin():
 
 
 # ----------------------------------------------------------------- the notebook agrees with the registry
-def _cells():
-    notebook = json.loads(NOTEBOOK.read_text(encoding="utf-8"))
-    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-            for c in notebook["cells"]]
-
-
-def _exercise_cells(exercise_id):
-    cells = _cells()
-    calls = [i for i, (kind, src) in enumerate(cells) if kind == "code" and f'check("{exercise_id}"' in src]
-    assert len(calls) == 1, f"expected one check(\"{exercise_id}\", ...) cell, found {len(calls)}"
-    i = calls[0]
-    assert i >= 2
-    return cells[i - 2], cells[i - 1], cells[i]
-
-
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_notebook_cells_match_the_registry(exercise_id):
-    exercise = get(exercise_id)
-    (md_kind, md), (def_kind, solution), (check_kind, check_src) = _exercise_cells(exercise_id)
-    header = (f"### Exercise {exercise.id} · {exercise.title} ({exercise.difficulty}, "
-              f"~{exercise.minutes} min)")
-    assert md_kind == "markdown" and md.splitlines()[0] == header, md.splitlines()[0]
-    assert re.search(r"<details><summary>Hint 1</summary>.+?</details>", md, re.S)
-    assert def_kind == "code" and f"def {exercise.function_name}(" in solution
-    lines = [line.strip() for line in solution.splitlines()]
-    assert lines.count(BEGIN) == 1 and lines.count(END) == 1 and lines.index(BEGIN) < lines.index(END)
-    assert '"""' in solution, "the stub needs a docstring that states the contract"
-    assert check_kind == "code" and check_src.splitlines()[0] == "# NBVAL_CHECK_OUTPUT"
-    assert f'check("{exercise_id}", {exercise.function_name})' in check_src
-
-
-def _define(source):
-    namespace = {"math": math, "np": np, "torch": torch}
-    exec(compile(source, str(NOTEBOOK), "exec"), namespace)
-    return namespace
-
-
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_notebook_solution_passes_and_its_student_edition_is_not_yet(exercise_id):
-    exercise = get(exercise_id)
-    _, (_, solution), _ = _exercise_cells(exercise_id)
-    report = run_check(exercise, _define(solution)[exercise.function_name])
-    assert report.passed, str(report)
-    student = _define(strip_solutions(solution))[exercise.function_name]
-    report = run_check(exercise, student)
-    assert report.not_yet and not report.passed

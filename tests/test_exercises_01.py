@@ -1,17 +1,13 @@
-"""Exercises of notebook 01 (tokens and data): solutions pass, stubs answer "not yet", mistakes fail with
-their explanation, and the notebook's exercise cells match the registry."""
-import json
+"""Exercises of notebook 01 (tokens and data): the solutions pass and further mistakes fail with a line that
+points at them; the references are the library's. What every exercise shares (stub "not yet", known mistakes
+named, the notebook's cells agree with the registry) is tested once for all in test_exercises_framework.py."""
 import math
-import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from workbench.exercises import get, run_check
-from workbench.exercises.editions import BEGIN, END, strip_solutions
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "01_tokens_and_data.ipynb"
 IDS = ["01.1", "01.2", "01.3"]
 
 
@@ -73,10 +69,6 @@ FURTHER_WRONG = {
 }
 
 
-def _raises(*args, **kwargs):
-    raise NotImplementedError("your code here: write it, then run the check below")
-
-
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_reference_solution_passes(exercise_id):
     report = run_check(get(exercise_id), SOLUTIONS[exercise_id])
@@ -112,53 +104,3 @@ def test_check_prints_one_line_per_case_and_never_raises(capsys):
 
 
 # --------------------------------------------------------------------------- notebook vs registry
-def _cells():
-    return json.loads(NOTEBOOK.read_text(encoding="utf-8"))["cells"]
-
-
-def _source(cell):
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _exercise_cells(exercise_id):
-    """(markdown, solution, check) cells of one exercise: the check cell and the two cells before it."""
-    cells = _cells()
-    for index, cell in enumerate(cells):
-        if cell["cell_type"] == "code" and f'check("{exercise_id}"' in _source(cell):
-            return cells[index - 2], cells[index - 1], cell
-    raise AssertionError(f"the notebook has no check(\"{exercise_id}\", ...) cell")
-
-
-def test_notebook_checks_exactly_the_registered_exercises():
-    called = set(re.findall(r'check\("(01\.\d+)"', "".join(_source(c) for c in _cells() if c["cell_type"] == "code")))
-    assert called == set(IDS)
-
-
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_notebook_exercise_matches_registry(exercise_id):
-    exercise = get(exercise_id)
-    markdown, solution, check_cell = _exercise_cells(exercise_id)
-    header = f"### Exercise {exercise.id} · {exercise.title} ({exercise.difficulty}, ~{exercise.minutes} min)"
-    assert markdown["cell_type"] == "markdown" and header in _source(markdown).splitlines()
-    assert "<details><summary>Hint 1</summary>" in _source(markdown)
-    assert _source(check_cell).splitlines()[0] == "# NBVAL_CHECK_OUTPUT"
-    code = _source(solution)
-    assert solution["cell_type"] == "code" and f"def {exercise.function_name}(" in code
-    lines = [line.strip() for line in code.splitlines()]
-    assert lines.count(BEGIN) == 1 and lines.count(END) == 1 and lines.index(BEGIN) < lines.index(END)
-
-
-@pytest.mark.parametrize("exercise_id", IDS)
-def test_notebook_solution_passes_and_its_student_stub_is_not_yet(exercise_id):
-    import math as math_module
-
-    exercise = get(exercise_id)
-    _, solution, _ = _exercise_cells(exercise_id)
-    for source, passes in [(_source(solution), True), (strip_solutions(_source(solution)), False)]:
-        namespace = {"math": math_module}  # the notebook imports math in its first cell
-        exec(compile(source, f"notebook {exercise_id}", "exec"), namespace)
-        report = run_check(exercise, namespace[exercise.function_name])
-        if passes:
-            assert report.passed, str(report)
-        else:
-            assert report.not_yet and not report.passed

@@ -1,5 +1,6 @@
-"""Exercises of notebook 02: the notebook's solutions pass, stubs and wrong answers fail with a pointed line,
-and the notebook's exercise cells agree with the registry (header, hints, markers, passing solution)."""
+"""Exercises of notebook 02: the notebook's solutions pass, and wrong answers fail with a pointed line. What
+every exercise shares (stub "not yet", known mistakes named, the notebook's cells agree with the registry, no
+cell calls a learner's function) is tested once for all in test_exercises_framework.py."""
 import json
 import math
 import re
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from workbench.exercises import get, run_check
-from workbench.exercises.editions import BEGIN, END
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_gpt_from_parts.ipynb"
 IDS = ["02.1", "02.2", "02.3", "02.4", "02.5"]
@@ -125,32 +125,3 @@ def test_the_gelu_mistake_is_not_hidden_by_the_tolerance():
 
 
 # ------------------------------------------------------------------ the notebook and the registry agree
-def test_each_check_in_the_notebook_has_its_header_hints_and_solution():
-    cells = _cells()
-    checks = [(i, m.group(1)) for i, (kind, src) in enumerate(cells) if kind == "code"
-              for m in re.finditer(r'check\("(\d\d\.\d+)"', src)]
-    assert sorted(exercise_id for _, exercise_id in checks) == IDS
-    for index, exercise_id in checks:
-        e = get(exercise_id)
-        kind, source = cells[index]
-        assert source.splitlines()[0] == "# NBVAL_CHECK_OUTPUT"
-        assert f'check("{exercise_id}", {e.function_name})' in source
-        header = f"### Exercise {e.id} · {e.title} ({e.difficulty}, ~{e.minutes} min)"
-        markdown = [src for kind, src in cells[:index] if kind == "markdown" and header in src]
-        assert len(markdown) == 1, f"no markdown cell with the header {header!r}"
-        assert "<details><summary>Hint 1</summary>" in markdown[0]
-        solution = _solution_cells()[exercise_id]
-        lines = [line.strip() for line in solution.splitlines()]
-        assert lines.count(BEGIN) == 1 and lines.count(END) == 1
-        assert cells.index(("code", solution)) < index
-
-
-def test_no_cell_after_the_exercises_calls_a_learners_function():
-    """The student edition runs to the end: outside its own definition and check, nothing calls a stub."""
-    names = [get(exercise_id).function_name for exercise_id in IDS]
-    solutions = set(_solution_cells().values())
-    for kind, source in _cells():
-        if kind != "code" or source in solutions or re.search(r'check\("', source):
-            continue
-        for name in names:
-            assert not re.search(rf"\b{name}\(", source), f"a cell calls the learner's {name}: {source[:200]}"

@@ -144,6 +144,63 @@ def test_every_notebook_has_three_exercises_and_every_exercise_a_notebook():
     assert set(checked) == set(exercises()), "registered exercises and notebook checks differ"
 
 
+# ----------------------------------------------------------------------------- the notebooks agree with the registry
+def _notebook_cells(exercise_id):
+    """(kind, source) of every cell of the notebook that holds ``exercise_id`` ("00.1" -> notebooks/00_*.ipynb)."""
+    (path,) = NOTEBOOKS.glob(f"{exercise_id[:2]}_*.ipynb")
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+            for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+
+
+def _solution_namespace(cells, upto):
+    """The notebook's imports plus its solution cells before index ``upto``, exec'd in order (02.5 calls 02.1-02.4)."""
+    namespace = {}
+    exec("import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n", namespace)
+    for kind, source in cells[:upto]:
+        if kind == "code" and any(line.strip() == BEGIN for line in source.splitlines()):
+            exec(source, namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("exercise_id", sorted(exercises()))
+def test_notebook_exercise_cells_match_the_registry(exercise_id):
+    """Header (title, difficulty, minutes), hints, a solution between the markers with a docstring, and a check
+    cell whose output CI compares: three cells in a row. The notebook's solution passes; its stub is "not yet"."""
+    exercise = get(exercise_id)
+    cells = _notebook_cells(exercise_id)
+    calls = [i for i, (kind, source) in enumerate(cells) if kind == "code" and f'check("{exercise_id}"' in source]
+    assert len(calls) == 1, f"expected one check(\"{exercise_id}\", ...) cell, found {len(calls)}"
+    index = calls[0]
+    (md_kind, markdown), (solution_kind, solution), (_, check_source) = cells[index - 2:index + 1]
+    header = f"### Exercise {exercise.id} · {exercise.title} ({exercise.difficulty}, ~{exercise.minutes} min)"
+    assert md_kind == "markdown" and markdown.splitlines()[0] == header, (header, markdown[:200])
+    assert re.search(r"<details><summary>Hint 1</summary>.+?</details>", markdown, re.S)
+    assert solution_kind == "code" and f"def {exercise.function_name}(" in solution
+    lines = [line.strip() for line in solution.splitlines()]
+    assert lines.count(BEGIN) == 1 and lines.count(END) == 1 and lines.index(BEGIN) < lines.index(END)
+    assert '"""' in solution, "the stub needs a docstring that states the contract"
+    assert check_source.splitlines()[0] == "# NBVAL_CHECK_OUTPUT"
+    assert f'check("{exercise_id}", {exercise.function_name})' in check_source
+    namespace = _solution_namespace(cells, index)
+    assert run_check(exercise, namespace[exercise.function_name]).passed
+    exec(strip_solutions(solution), namespace)
+    report = run_check(exercise, namespace[exercise.function_name])
+    assert report.not_yet and not report.passed
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9]*.ipynb")), ids=lambda p: p.stem)
+def test_no_cell_outside_an_exercise_calls_a_learners_function(path):
+    """The student edition runs to the end: apart from its definition and its check, nothing calls a stub."""
+    cells = _notebook_cells(path.name[:2] + ".")
+    names = [e.function_name for i, e in exercises().items() if i.startswith(path.name[:2] + ".")]
+    for kind, source in cells:
+        if kind != "code" or BEGIN in source or re.search(r'check\("', source):
+            continue
+        for name in names:
+            # a call of the bare name (a method or module attribute of the same name, e.g. model.cache_bytes, is not it)
+            assert not re.search(rf"(?<![\w.]){name}\(", source), f"a cell calls the learner's {name}: {source[:200]}"
+
+
 # ----------------------------------------------------------------------------- the student edition
 SOLVED = f'''def double(x):
     """Twice x."""
