@@ -14,7 +14,6 @@ time a student waits with a warm cache.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -36,8 +35,7 @@ def notebook_paths(notebooks: Optional[Iterable] = None) -> list:
 
 def warm_cache(preset: str, notebooks: Optional[Iterable] = None, timeout_s: int = 1800) -> list:
     """Execute each notebook once under ``preset`` (filling the training cache). Returns [(name, seconds)]."""
-    import nbformat
-    from nbclient import NotebookClient
+    from .publish import execute
 
     directory = cache_dir()
     if directory is None:
@@ -50,12 +48,7 @@ def warm_cache(preset: str, notebooks: Optional[Iterable] = None, timeout_s: int
     try:
         for path in paths:
             print(f"running {path.name} (preset {preset}) ...", flush=True)
-            notebook = nbformat.read(path, as_version=4)
-            client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
-                                    resources={"metadata": {"path": str(path.parent)}})
-            start = time.perf_counter()
-            client.execute()
-            seconds = time.perf_counter() - start
+            _, seconds = execute(path, preset, timeout_s)  # in memory: the notebook file is not written
             timings.append((path.name, seconds))
             print(f"  {seconds:6.1f} s", flush=True)
     finally:

@@ -39,10 +39,18 @@ CHUNK_CHARS = 64 * 1024
 CACHE_FORMAT = "token-data-v1"  # change to invalidate old cache files
 
 
+def cache_root() -> Path:
+    """Where the workbench caches things: ``$WORKBENCH_CACHE`` if set, else ``~/.cache/lm-workbench``.
+
+    Tokenized data goes to ``tokens/`` below it, finished training runs to ``training/``
+    (``workbench/train/cache.py``)."""
+    root = os.environ.get("WORKBENCH_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "lm-workbench"
+
+
 def default_cache_dir() -> Path:
     """``$WORKBENCH_CACHE/tokens`` if that is set, else ``~/.cache/lm-workbench/tokens``."""
-    root = os.environ.get("WORKBENCH_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "lm-workbench") / "tokens"
+    return cache_root() / "tokens"
 
 
 def tokenize(text: str, tokenizer: Tokenizer, cache_dir=None) -> torch.Tensor:

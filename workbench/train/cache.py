@@ -32,9 +32,9 @@ from typing import Optional
 
 import torch
 
+from ..data.token_data import cache_root
 from .checkpoint import CheckpointError
 
-ROOT_ENV = "WORKBENCH_CACHE"
 SWITCH_ENV = "WORKBENCH_TRAINING_CACHE"
 OFF = ("off", "0", "none", "false", "no")
 # Library files that do not change what training computes; editing them keeps the cache valid.
@@ -47,8 +47,7 @@ def cache_dir() -> Optional[Path]:
     """The cache folder, or None when ``WORKBENCH_TRAINING_CACHE=off``."""
     if os.environ.get(SWITCH_ENV, "").strip().lower() in OFF:
         return None
-    root = os.environ.get(ROOT_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "lm-workbench") / "training"
+    return cache_root() / "training"
 
 
 def code_version() -> str:
