@@ -113,9 +113,13 @@ class WrappedObjective(Objective):
     name = "wrapped"
 
     def __init__(self, inner: Objective, hook=None):
+        super().__init__()
         self.inner = inner
         self.calls = 0
         self.hook = hook
+
+    def to_dict(self) -> dict:  # transparent: a checkpoint records the inner objective
+        return self.inner.to_dict()
 
     def loss(self, model, batch, generator=None) -> ObjectiveOutput:
         self.calls += 1

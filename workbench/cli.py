@@ -3,6 +3,7 @@
     workbench tour                      train a tiny GPT on the built-in stories and print samples
     workbench train --data pydoc --steps 500 --out runs/pydoc
     workbench train --attention gla --position none --out runs/gla     (any registered variant)
+    workbench train --objective mlm --option mask_ratio=0.3 --out runs/mlm    (any registered objective)
     workbench sample --checkpoint runs/pydoc --prompt "The "
     workbench bench                     training speed and time-to-loss against references
     workbench warm                      run every notebook once: what they train is cached for class
@@ -55,24 +56,83 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-kv-head", type=int, default=None, help="key/value heads (GQA; 1 = MQA)")
     parser.add_argument("--window", type=int, default=None, help="sliding_window: keys each query reads")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--objective", default=None,
+                        help="pretraining objective: clm (default), mlm, prefix_lm, t5_span, electra, meap, "
+                             "clm_then_mlm, ... (with --resume: the run's own)")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the objective, e.g. -o mask_ratio=0.3 -o strategy=span (repeatable)")
     parser.add_argument("--seed", type=int, default=1337,
                         help="seeds the data sample, the initial weights and training (same seed, same model)")
 
 
-def _build(args, out_dir: Optional[Path] = None, tokenizer=None, checkpoint_every: Optional[int] = 0):
-    """Data, model and Trainer from CLI arguments and the preset.
+def parse_objective_options(name: str, pairs: Sequence[str]) -> dict:
+    """``["mask_ratio=0.3", ...]`` -> ``{"mask_ratio": 0.3}``, each value read as the type of the option's default
+    (JSON for lists, dicts and options without a default). Unknown keys and unreadable values: one clear error."""
+    import json
 
-    ``tokenizer``: a resumed run's own; ``checkpoint_every=None``: the preset's eval_every.
+    from .objectives import option_types
+
+    defaults = option_types(name)
+    options = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE (e.g. --option mask_ratio=0.3)")
+        if key not in defaults:
+            raise ValueError(f"objective {name!r} has no option {key!r}; its options are: "
+                             f"{', '.join(defaults) if defaults else '(none)'}")
+        default = defaults[key]
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("expected true or false")
+                value = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                value = int(text)
+            elif isinstance(default, float):
+                value = float(text)
+            elif isinstance(default, str):
+                value = text
+            else:
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    value = text
+        except ValueError as error:
+            raise ValueError(f"--option {key}={text!r}: {error} (the default is {default!r})") from None
+        options[key] = value
+    return options
+
+
+def _objective(args, saved=None, tokenizer=None):
+    """The objective named on the command line, or the run's own (``saved``, a checkpoint entry) on resume."""
+    from .objectives import make_objective, objective_from_dict
+
+    if args.objective is None and saved is not None:
+        if args.option:
+            raise ValueError("--option needs --objective NAME: name the objective whose options these are")
+        return objective_from_dict(saved, tokenizer)
+    name = args.objective or "clm"
+    return make_objective(name, tokenizer, **parse_objective_options(name, args.option))
+
+
+def _build(args, out_dir: Optional[Path] = None, tokenizer=None, checkpoint_every: Optional[int] = 0,
+           saved_objective=None):
+    """Data, model, objective and Trainer from CLI arguments and the preset.
+
+    ``tokenizer``: a resumed run's own; ``checkpoint_every=None``: the preset's eval_every;
+    ``saved_objective``: a resumed run's objective entry (used unless --objective names one).
     """
     from .data import TokenData, load_text, tokenizer_from_name
     from .models import GPT
-    from .objectives import CausalLM
     from .presets import preset
     from .train import PrintLogger, Trainer
 
     chosen = preset(args.preset)
     text = load_text(args.data, n_chars=chosen.corpus_chars, seed=args.seed)
     tokenizer = tokenizer if tokenizer is not None else tokenizer_from_name(args.tokenizer, text)
+    objective = _objective(args, saved_objective, tokenizer)
     data = TokenData.from_text(text, tokenizer, source=args.data)
     model_changes = {k: v for k, v in dict(n_layer=args.n_layer, n_head=args.n_head, d_model=args.d_model,
                                            block_size=args.block_size, attention=args.attention,
@@ -80,10 +140,11 @@ def _build(args, out_dir: Optional[Path] = None, tokenizer=None, checkpoint_ever
                                            window=args.window).items() if v is not None}
     train_changes = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr).items()
                      if v is not None}
-    model = GPT(chosen.model_config(tokenizer.vocab_size, **model_changes), seed=args.seed)
+    # an objective may need ids beyond the tokenizer's (T5's sentinels)
+    model = GPT(chosen.model_config(tokenizer.vocab_size + objective.extra_vocab, **model_changes), seed=args.seed)
     config = chosen.train_config(device=args.device, seed=args.seed, **train_changes)
     config = config.replace(checkpoint_every=config.eval_every if checkpoint_every is None else checkpoint_every)
-    trainer = Trainer(model, CausalLM(), data, config, callbacks=[PrintLogger()], out_dir=out_dir)
+    trainer = Trainer(model, objective, data, config, callbacks=[PrintLogger()], out_dir=out_dir)
     return chosen, text, tokenizer, data, model, trainer
 
 
@@ -119,8 +180,10 @@ def cmd_train(args) -> int:
                          "checkpoints), or choose another --out")
     resuming = bool(existing) and args.resume
     run_tokenizer = ckpt.load_checkpoint_tokenizer(ckpt.resolve(out)) if resuming else None
+    saved_objective = (ckpt.read_checkpoint(out)[1].get("objective") or "clm") if resuming else None
     chosen, _, tokenizer, data, model, trainer = _build(args, out, tokenizer=run_tokenizer,
-                                                        checkpoint_every=args.checkpoint_every)
+                                                        checkpoint_every=args.checkpoint_every,
+                                                        saved_objective=saved_objective)
     if resuming:
         trainer.load_checkpoint(out, allow_new_data=args.allow_new_data)
         print(f"resumed {out} at step {trainer.step}" + (" (with the run's own tokenizer)" if run_tokenizer else ""))
@@ -128,6 +191,8 @@ def cmd_train(args) -> int:
         ckpt.remove_run(out)
         print(f"--overwrite: removed the checkpoints in {out}")
     print(f"preset {chosen.name} | {model.summary()}")
+    print(f"objective {trainer.objective.name} ({trainer.objective.extra_repr() or 'default options'}), "
+          f"attention {trainer.objective.attention_mode}")
     print(f"data {args.data}: {data.n_tokens:,} tokens ({tokenizer.kind} tokenizer, vocab {tokenizer.vocab_size})")
     try:
         trainer.fit()
@@ -165,7 +230,7 @@ def cmd_tour(args) -> int:
     from .generate import sample_text
 
     start = time.perf_counter()
-    args.data, args.tokenizer = "stories", "char"
+    args.data, args.tokenizer, args.objective, args.option = "stories", "char", "clm", []
     chosen, _, tokenizer, data, model, trainer = _build(args)
     floor = default_story_source().entropy_rate_per_char()
     print(f"LM Workbench tour (preset {chosen.name})")

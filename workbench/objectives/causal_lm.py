@@ -9,9 +9,8 @@ x_0..x_t when it predicts x_{t+1} (Radford et al. 2018).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .base import OBJECTIVES, Objective, ObjectiveOutput
+from .base import OBJECTIVES, Corruption, Objective
 
 
 @OBJECTIVES.register("clm")
@@ -19,8 +18,6 @@ class CausalLM(Objective):
     name = "clm"
     attention_mode = "causal"
 
-    def loss(self, model, batch: torch.Tensor, generator=None) -> ObjectiveOutput:
-        inputs, targets = batch[:, :-1], batch[:, 1:]
-        logits = model(inputs, attention_mode="causal").logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-        return ObjectiveOutput(loss=loss, n_tokens=targets.numel())
+    def corrupt(self, batch: torch.Tensor, vocab_size: int, generator=None) -> Corruption:
+        return Corruption(inputs=batch[:, :-1], targets=batch[:, 1:], attention_mode="causal",
+                          original=batch[:, :-1])

@@ -70,14 +70,9 @@ def _weights_sha256(model: torch.nn.Module) -> str:
 
 
 def _objective_description(objective) -> dict:
-    settings = {}
-    for name, value in sorted(vars(objective).items()):
-        try:
-            json.dumps(value)
-        except TypeError:
-            value = repr(value)
-        settings[name] = value
-    return {"class": f"{type(objective).__module__}.{type(objective).__qualname__}", "settings": settings}
+    """The objective's class, its options, and the initial weights of what it owns (after Trainer setup)."""
+    return {"class": f"{type(objective).__module__}.{type(objective).__qualname__}",
+            "settings": objective.to_dict(), "initial_weights": _weights_sha256(objective)}
 
 
 def run_key(trainer) -> str:

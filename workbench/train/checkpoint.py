@@ -77,6 +77,76 @@ def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor])
     model.load_state_dict(tensors, strict=False)
 
 
+def objective_tensors(objective: torch.nn.Module, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What the objective owns (ELECTRA's generator, a head), without the tensors it shares with the model:
+    those are saved once, in model.safetensors."""
+    seen = {t.data_ptr() for t in model.state_dict().values()}
+    tensors = {}
+    for name, tensor in objective.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.detach().cpu().contiguous()
+    return tensors
+
+
+def check_objective_tensors(objective: torch.nn.Module, model: torch.nn.Module,
+                            tensors: dict[str, torch.Tensor]) -> None:
+    """Every tensor the objective owns is in ``tensors`` with its shape, and nothing else (all or nothing)."""
+    expected = objective_tensors(objective, model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{n}: checkpoint {tuple(tensors[n].shape)} vs objective {tuple(expected[n].shape)}"
+             for n in expected if n in tensors and tensors[n].shape != expected[n].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{what} {items[:5]}" for what, items in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if items]
+        raise CheckpointError(
+            f"the checkpoint's objective weights do not fit this {type(objective).__name__} ({'; '.join(parts)}); "
+            "resume with the objective the run was trained with (Trainer.resume(path, data=...) builds it)"
+        )
+
+
+def load_objective_tensors(objective: torch.nn.Module, model: torch.nn.Module,
+                           tensors: dict[str, torch.Tensor]) -> None:
+    check_objective_tensors(objective, model, tensors)
+    if tensors:
+        state = objective.state_dict()
+        with torch.no_grad():
+            for name, value in tensors.items():
+                state[name].copy_(value)
+
+
+def check_same_objective(directory: Path, saved, objective) -> None:
+    """Refuse to resume a run with another objective (or other options) than it was trained with."""
+    if saved is None:
+        return
+    saved_dict = {"name": saved, "options": {}} if isinstance(saved, str) else saved
+    current = objective.to_dict()
+    if json.dumps(saved_dict, sort_keys=True) != json.dumps(current, sort_keys=True):
+        raise CheckpointError(
+            f"{directory} was trained with the objective {_describe_objective(saved_dict)}, not "
+            f"{_describe_objective(current)}; resume with the run's own objective (Trainer.resume(path, data=...) "
+            "rebuilds it; `workbench train --resume` without --objective uses it)"
+        )
+
+
+def _describe_objective(d: dict) -> str:
+    options = ", ".join(f"{k}={v!r}" for k, v in sorted(d.get("options", {}).items()))
+    return f"{d.get('name')!r}" + (f" ({options})" if options else "")
+
+
+def checkpoint_objective(directory: Path, meta: dict):
+    """The objective a checkpoint was trained with, rebuilt from its "objective" entry (CLM when absent)."""
+    from ..objectives import objective_from_dict
+
+    saved = meta.get("objective") or "clm"
+    try:
+        return objective_from_dict(saved, load_checkpoint_tokenizer(directory))
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{directory / 'checkpoint.json'}: its objective entry {saved!r} cannot be "
+                              f"rebuilt ({error}); {RESAVE}") from None
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, scalars = {}, {}

@@ -5,6 +5,14 @@ from the data, hands them to ``objective.loss(model, batch, generator)``,
 and minimizes what comes back. The same loop trains every model in the
 workbench, in notebooks, scripts, the CLI and tests.
 
+What it trains is the model *and* whatever the objective owns (an
+``Objective`` is an ``nn.Module``: ELECTRA's generator, a classification
+head): both are optimized, clipped, moved to the device, checkpointed and
+resumed together, and a tensor they share is counted once. Accumulated
+micro-batches are weighted by the tokens each one scores
+(``ObjectiveOutput.n_tokens``), so a step's gradient is that of the mean
+loss over every scored token of the step, whichever micro-batch it was in.
+
 Guarantees a classroom needs:
 
 * **Exact resume.** A checkpoint holds weights, optimizer moments, the step,
@@ -77,6 +85,8 @@ class Trainer:
         self.amp_dtype = autocast_dtype(self.device, self.config.dtype)
         self.model = model.to(self.device)
         self.objective = objective
+        objective.setup(self.model, seed=self.config.seed)  # builds what the objective owns (seeded, RNG untouched)
+        self.objective.to(self.device)
         self.data = data
         self.tokenizer = tokenizer if tokenizer is not None else getattr(data, "tokenizer", None)
         self.callbacks = list(callbacks) if callbacks is not None else [PrintLogger()]
@@ -88,6 +98,7 @@ class Trainer:
         self._rng_state = _global_rng_state()
         self._fitting = False
         self.optimizer = self._make_optimizer()
+        self.flops_per_token = objective.flops_per_token(self.model)
         self.step = 0
         self.history: dict[str, list[dict]] = {"train": [], "eval": []}
         self.elapsed = 0.0  # wall seconds spent in fit(), evaluation included
@@ -97,9 +108,18 @@ class Trainer:
         self._forward_model = torch.compile(self.model) if self.config.compile else self.model
 
     # ------------------------------------------------------------------ setup
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The model's parameters, then those the objective owns that the model does not share, each once."""
+        seen, params = set(), []
+        for p in (*self.model.parameters(), *self.objective.parameters()):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        return params
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (Loshchilov & Hutter 2019); weight decay on matrices only, not on biases or norms."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = self.trained_parameters()
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": self.config.weight_decay},
@@ -168,8 +188,10 @@ class Trainer:
             lr = self.lr_at(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+            self.objective.set_progress(self.step, self.config.steps)
             self.model.train()
-            total = 0.0
+            self.objective.train()
+            total, scored = 0.0, 0
             for _ in range(self.config.grad_accum):
                 batch = self.data.get_batch("train", self.config.batch_size,
                                             self.model.config.block_size + 1, self.generator).to(self.device)
@@ -182,8 +204,12 @@ class Trainer:
                         f"and the model keeps its state after step {self.step}. Lower lr, lengthen warmup, "
                         "or set grad_clip > 0"
                     )
-                (out.loss / self.config.grad_accum).backward()
-                total += loss_value / self.config.grad_accum
+                # sum over scored tokens now, divide by the step's total below: micro-batches weigh by n_tokens
+                (out.loss * out.n_tokens).backward()
+                total += loss_value * out.n_tokens
+                scored += out.n_tokens
+            self._average_gradients(scored)
+            total /= max(scored, 1)
             grad_norm = self._clip_gradients()
             self._check_update_fits()
         except (KeyboardInterrupt, NonFiniteLossError):
@@ -207,13 +233,20 @@ class Trainer:
             self.tokens_seen += self.tokens_per_step
             step_time = time.perf_counter() - step_start
             record = {"step": self.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
-                      "tokens": self.tokens_seen, "tokens_per_s": self.tokens_per_step / max(step_time, 1e-9),
+                      "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token, "tokens_per_s": self.tokens_per_step / max(step_time, 1e-9),
                       "elapsed": base_elapsed + time.perf_counter() - start, **out.metrics}
             self.history["train"].append(record)
         return record
 
+    def _average_gradients(self, scored: int) -> None:
+        """Turn the summed gradients of the step's micro-batches into the gradient of their token mean."""
+        if scored > 1:
+            for p in self.trained_parameters():
+                if p.grad is not None:
+                    p.grad.div_(scored)
+
     def _clip_gradients(self) -> float:
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self.trained_parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(norm):
@@ -254,20 +287,27 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, split: str = "val", batches: Optional[int] = None) -> float:
-        """Mean objective loss over ``batches`` batches drawn with a fixed seed (same batches every call)."""
+        """The objective's loss over ``batches`` batches drawn with a fixed seed (same batches, same masks
+        every call), averaged over scored tokens as in training. It is the objective of the next step
+        (for an objective that changes during training)."""
         generator = torch.Generator().manual_seed(self.config.seed + 1)
-        was_training = self.model.training
+        was_training = self.model.training, self.objective.training
         self.model.eval()
-        losses = []
+        self.objective.eval()
+        self.objective.set_progress(self.step, self.config.steps)
+        summed, scored = 0.0, 0
         try:
             for _ in range(batches or self.config.eval_batches):
                 batch = self.data.get_batch(split, self.config.batch_size, self.model.config.block_size + 1,
                                             generator).to(self.device)
                 with autocast(self.device, self.amp_dtype):
-                    losses.append(float(self.objective.loss(self._forward_model, batch, generator).loss))
+                    out = self.objective.loss(self._forward_model, batch, generator)
+                summed += float(out.loss) * out.n_tokens
+                scored += out.n_tokens
         finally:
-            self.model.train(was_training)
-        return sum(losses) / len(losses)
+            self.model.train(was_training[0])
+            self.objective.train(was_training[1])
+        return summed / scored if scored else float("nan")
 
     def _evaluate_and_log(self, start: float, base_elapsed: float) -> dict:
         since = self.history["eval"][-1]["step"] if self.history["eval"] else 0
@@ -297,14 +337,16 @@ class Trainer:
             rng["rng.cuda"] = torch.stack(cuda_rng)
         meta = {"model_config": self.model.config.to_dict(), "train_config": self.config.to_dict(),
                 "step": self.step, "elapsed": self.elapsed, "tokens_seen": self.tokens_seen,
-                "history": self.history, "optimizer": opt_meta, "objective": getattr(self.objective, "name", None),
+                "history": self.history, "optimizer": opt_meta, "objective": self.objective.to_dict(),
                 "data": self._data_fingerprint()}
         extra = {"tokenizer.json": self.tokenizer.to_json()} if self.tokenizer is not None else None
+        tensor_files = {"model.safetensors": ckpt.model_tensors(self.model),
+                        "trainer.safetensors": {**opt_tensors, **rng}}
+        owned = ckpt.objective_tensors(self.objective, self.model)
+        if owned:
+            tensor_files["objective.safetensors"] = owned
         with held_interrupts():
-            directory = ckpt.write_checkpoint(
-                run_dir / f"step-{self.step:06d}",
-                {"model.safetensors": ckpt.model_tensors(self.model), "trainer.safetensors": {**opt_tensors, **rng}},
-                meta, extra)
+            directory = ckpt.write_checkpoint(run_dir / f"step-{self.step:06d}", tensor_files, meta, extra)
             ckpt.point_latest(run_dir, directory)
             ckpt.prune(run_dir, self.config.keep_checkpoints)
         return directory
@@ -353,11 +395,16 @@ class Trainer:
                 f"{directory} was saved from a model with another config ({'; '.join(diffs)}); build the "
                 "model with the checkpoint's config, e.g. workbench.train.load_model(path)"
             )
+        ckpt.check_same_objective(directory, meta.get("objective"), self.objective)
         ckpt.check_training_state(meta, directory / "checkpoint.json", self.optimizer)
         self._check_same_data(directory, meta.get("data"), allow_new_data)
         model_state = ckpt.read_tensors(directory, "model.safetensors")
         trainer_state = ckpt.read_tensors(directory, "trainer.safetensors")
+        objective_state = (ckpt.read_tensors(directory, "objective.safetensors")
+                           if "objective.safetensors" in meta["files"] else {})
+        ckpt.check_objective_tensors(self.objective, self.model, objective_state)
         ckpt.load_model_tensors(self.model, model_state)
+        ckpt.load_objective_tensors(self.objective, self.model, objective_state)
         ckpt.restore_optimizer(self.optimizer, trainer_state, meta["optimizer"])
         cuda_rng = self._rng_state[1]
         if "rng.cuda" in trainer_state and torch.cuda.is_available():
@@ -371,13 +418,17 @@ class Trainer:
         self._broken = None
 
     @classmethod
-    def resume(cls, path, objective, data, callbacks=None, out_dir=None, *, allow_new_data: bool = False,
+    def resume(cls, path, objective=None, data=None, callbacks=None, out_dir=None, *, allow_new_data: bool = False,
                **config_changes) -> "Trainer":
-        """Rebuild model and Trainer from a checkpoint and restore its state."""
+        """Rebuild model, objective (unless given) and Trainer from a checkpoint and restore their state."""
         from ..models import GPT
 
+        if data is None:
+            raise ValueError("Trainer.resume needs the data to continue on: Trainer.resume(path, data=data)")
         directory, meta = ckpt.read_checkpoint(path)
         ckpt.check_training_state(meta, directory / "checkpoint.json")
+        if objective is None:
+            objective = ckpt.checkpoint_objective(directory, meta)
         model = GPT(ModelConfig.from_dict(meta["model_config"]))
         config = TrainConfig.from_dict({**meta["train_config"], **config_changes})
         if out_dir is None:  # keep saving into the run directory, also when resuming from a step-* folder
