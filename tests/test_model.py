@@ -351,9 +351,15 @@ def test_cached_forward_equals_full_forward(position):
 
 def test_cache_rejects_non_causal_modes_and_overflow():
     model = tiny_model()
-    for mode in ("bidirectional", "prefix"):
-        with pytest.raises(ValueError, match="causal"):
-            model(_ids(1, 4), attention_mode=mode, prefix_len=2, cache=model.new_cache(1))
+    with pytest.raises(ValueError, match="causal"):
+        model(_ids(1, 4), attention_mode="bidirectional", cache=model.new_cache(1))
+    # prefix mode fills an empty cache with the whole prefix (a prefix LM's prompt), and only then
+    with pytest.raises(ValueError, match="causal"):
+        model(_ids(1, 4), attention_mode="prefix", prefix_len=6, cache=model.new_cache(1))
+    filled = model.new_cache(1)
+    model(_ids(1, 4), attention_mode="prefix", prefix_len=4, cache=filled)
+    with pytest.raises(ValueError, match="causal"):
+        model(_ids(1, 2), attention_mode="prefix", prefix_len=4, cache=filled)
     cache = model.new_cache(1, max_len=6)
     model(_ids(1, 4), cache=cache)
     with pytest.raises(ValueError, match="max_len"):

@@ -189,10 +189,17 @@ class GPT(nn.Module):
         if attention_mode not in ("causal", "bidirectional", "prefix"):
             ctx.mask(T)  # raises the clear error
         ctx.check_mode(self.blocks[0].attn)
-        if cache is not None and attention_mode != "causal":
+        # A cache holds states that later tokens must not change, so every call is causal, with one
+        # exception: a prefix LM's prompt, read bidirectionally by the first call into an empty cache with
+        # the whole prefix in that call. Later calls are causal, which is exactly the prefix LM's mask.
+        prompt_prefill = (attention_mode == "prefix" and cache is not None and cache.length == 0
+                          and (prefix_len is None or int(prefix_len.max()) <= T))
+        if cache is not None and attention_mode != "causal" and not prompt_prefill:
             raise ValueError(
                 f"a KV cache only makes sense with attention_mode='causal' (got {attention_mode!r}): "
-                "later tokens would change earlier tokens' states; run without a cache"
+                "later tokens would change earlier tokens' states; run without a cache (a prefix LM may use "
+                "attention_mode='prefix' only on the first call into an empty cache, with prefix_len <= the "
+                "tokens of that call)"
             )
         attentions = [] if return_attentions else None
         hidden_states = [x] if return_hidden_states else None

@@ -2,6 +2,11 @@
 from .base import (IGNORE, OBJECTIVES, Corruption, Objective, ObjectiveOutput, make_objective, objective_from_dict,
                    option_types)
 from .causal_lm import CausalLM
+from .masked_lm import MaskedLM
+from .meap import MEAP
+from .prefix_lm import PrefixLM, prefix_lm_generate
+from .span_corruption import T5SpanCorruption
 
 __all__ = ["OBJECTIVES", "IGNORE", "Corruption", "Objective", "ObjectiveOutput", "make_objective",
-           "objective_from_dict", "option_types", "CausalLM"]
+           "objective_from_dict", "option_types", "CausalLM", "MaskedLM", "MEAP",
+           "PrefixLM", "prefix_lm_generate", "T5SpanCorruption"]
