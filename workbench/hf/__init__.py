@@ -22,6 +22,9 @@ mapping table (see each docstring):
                                            n_kv_head == n_head (run it with attention_mode="bidirectional")
     deepseek_v2.py  DeepseekV2ForCausalLM  attention="mla", norm="rmsnorm", mlp="swiglu", position="rope",
                                            bias=False (dense MLPs; no mixture of experts)
+    electra.py      ElectraForPreTraining  an ELECTRA discriminator (a BERT-shaped model, any head) with the
+                                           Electra objective's discriminator head:
+                                           electra_discriminator_to_transformers(model, objective)
 
 The three causal families need norm_placement="pre" and head="linear". A config
 that matches none raises one ``ValueError`` listing what each would need.
@@ -36,6 +39,7 @@ from transformers import AutoConfig, PreTrainedModel
 from ..models.transformer import GPT
 from . import bert, deepseek_v2, gpt2, llama
 from .common import load_exactly
+from .electra import electra_discriminator_to_transformers  # noqa: F401
 
 FAMILIES = {"gpt2": gpt2, "llama": llama, "bert": bert, "deepseek_v2": deepseek_v2}
 SUPPORTED = ("GPT2LMHeadModel (model_type 'gpt2'), LlamaForCausalLM (model_type 'llama'), "
@@ -140,5 +144,5 @@ def load_pretrained(name_or_path: str, **kwargs) -> GPT:
     return from_transformers(hf_model)
 
 
-__all__ = ["HubUnavailableError", "SUPPORTED", "architecture", "from_transformers", "load_pretrained",
-           "to_transformers"]
+__all__ = ["HubUnavailableError", "SUPPORTED", "architecture", "electra_discriminator_to_transformers",
+           "from_transformers", "load_pretrained", "to_transformers"]

@@ -2,11 +2,12 @@
 from .base import (IGNORE, OBJECTIVES, Corruption, Objective, ObjectiveOutput, make_objective, objective_from_dict,
                    option_types)
 from .causal_lm import CausalLM
+from .electra import Electra
 from .masked_lm import MaskedLM
 from .meap import MEAP
 from .prefix_lm import PrefixLM, prefix_lm_generate
 from .span_corruption import T5SpanCorruption
 
 __all__ = ["OBJECTIVES", "IGNORE", "Corruption", "Objective", "ObjectiveOutput", "make_objective",
-           "objective_from_dict", "option_types", "CausalLM", "MaskedLM", "MEAP",
+           "objective_from_dict", "option_types", "CausalLM", "Electra", "MaskedLM", "MEAP",
            "PrefixLM", "prefix_lm_generate", "T5SpanCorruption"]
