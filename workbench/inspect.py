@@ -105,3 +105,50 @@ def loss_by_position(model, data, length: int, batches: int = 8, batch_size: int
     finally:
         model.train(was_training)
     return (total / batches).numpy()
+
+
+MASK_TEXT = "[MASK]"
+
+
+def encode_with_masks(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` where each literal "[MASK]" becomes the [MASK] id (tokenizers read the string
+    "[MASK]" as ordinary characters, so a learner can type masks into a prompt only through this)."""
+    pieces = text.split(MASK_TEXT)
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            ids.append(tokenizer.mask_id)
+        if piece:
+            ids.extend(tokenizer.encode(piece))
+    return ids
+
+
+@dataclass
+class MaskPredictions:
+    positions: list[int]       # where the [MASK]s are
+    tokens: list[list[str]]    # per mask: the k likeliest tokens, likeliest first
+    probs: np.ndarray          # (masks, k) their probabilities
+
+
+@torch.no_grad()
+def mask_predictions(model, tokenizer, text: str, k: int = 5, attention_mode: str = "bidirectional",
+                     suppress_special: bool = True) -> MaskPredictions:
+    """What a masked LM puts at each "[MASK]" of ``text``: its ``k`` likeliest tokens and their probabilities
+    (read in ``attention_mode``, bidirectional for BERT). Special tokens are left out unless asked for."""
+    ids = encode_with_masks(tokenizer, text)[-model.config.block_size:]
+    positions = [i for i, t in enumerate(ids) if t == tokenizer.mask_id]
+    if not positions:
+        raise ValueError(f"the text has no {MASK_TEXT}; put {MASK_TEXT} where a token should be predicted")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(torch.tensor([ids], device=device), attention_mode=attention_mode).logits[0].float().cpu()
+    finally:
+        model.train(was_training)
+    if suppress_special:
+        logits = suppress_logits(logits, special_ids_to_suppress(tokenizer))
+    probs = logits[positions].softmax(-1)
+    top = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return MaskPredictions(positions=positions, tokens=[tokenizer.token_strings(row.tolist()) for row in top.indices],
+                           probs=top.values.numpy())

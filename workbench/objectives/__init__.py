@@ -7,7 +7,8 @@ from .masked_lm import MaskedLM
 from .meap import MEAP
 from .prefix_lm import PrefixLM, prefix_lm_generate
 from .span_corruption import T5SpanCorruption
+from .two_phase import TwoPhase
 
 __all__ = ["OBJECTIVES", "IGNORE", "Corruption", "Objective", "ObjectiveOutput", "make_objective",
            "objective_from_dict", "option_types", "CausalLM", "Electra", "MaskedLM", "MEAP",
-           "PrefixLM", "prefix_lm_generate", "T5SpanCorruption"]
+           "PrefixLM", "prefix_lm_generate", "T5SpanCorruption", "TwoPhase"]

@@ -3,7 +3,8 @@
 * ``LiveLossPlot``      a Trainer callback that redraws the loss curve while training;
 * ``sampling_explorer`` prompt + temperature / top-k / top-p sliders: the next-token
                         distribution redraws as you move them, and a button samples text;
-* ``attention_explorer`` layer and head sliders over a prompt's attention heatmap.
+* ``attention_explorer`` layer and head sliders over a prompt's attention heatmap;
+* ``masking_explorer``  pick an objective and its rate: the text as that objective corrupts it.
 
 Widgets live only here; everything they show is computed by library functions
 that tests call directly.
@@ -23,11 +24,12 @@ from typing import Optional
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
-from IPython.display import display
+from IPython.display import HTML, display
 
 from ..generate import sample_text
 from ..inspect import attention_maps, next_token_distribution
 from ..train.callbacks import Callback
+from .corruption import corrupt_text, corruption_html
 from .figures import attention_figure, distribution_figure, heatmap_scale, loss_figure, smooth, token_ticks
 
 STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
@@ -203,3 +205,34 @@ def attention_explorer(model, tokenizer, prompt: str) -> widgets.Widget:
     redraw()
     _show_static(figure)
     return widgets.VBox([prompt_box, widgets.HBox([variant, layer, head]), message, figure])
+
+
+def masking_explorer(tokenizer, text: str, objectives: dict, rate: float = 0.15) -> widgets.Widget:
+    """What each objective makes of ``text``: a dropdown picks the objective, a slider its rate, another the
+    random draw; the text redraws with every position coloured by its role (``viz/corruption.py``).
+
+    ``objectives`` maps a label to ``(what the rate means, make)`` where ``make(rate)`` builds the objective.
+    """
+    choice = widgets.Dropdown(options=list(objectives), description="objective", style=SLIDER_STYLE)
+    rate_slider = widgets.FloatSlider(value=rate, min=0.05, max=0.8, step=0.05, description="rate",
+                                      style=SLIDER_STYLE)
+    draw = widgets.IntSlider(value=0, min=0, max=20, description="random draw", style=SLIDER_STYLE)
+    prompt_box = widgets.Text(value=text, description="text", layout=widgets.Layout(width="90%"))
+    view = widgets.HTML()
+
+    def redraw(*_):
+        meaning, make = objectives[choice.value]
+        try:
+            corruption = corrupt_text(make(rate_slider.value), tokenizer, prompt_box.value, seed=draw.value)
+        except ValueError as error:
+            view.value = f"<b>{html.escape(str(error))}</b>"
+            return
+        view.value = corruption_html(corruption, 0, tokenizer,
+                                     title=f"{choice.value}: rate {rate_slider.value:.2f} = {meaning}")
+
+    for control in (choice, rate_slider, draw, prompt_box):
+        control.observe(redraw, names="value")
+    redraw()
+    if static_figures():
+        display(HTML(view.value))
+    return widgets.VBox([prompt_box, widgets.HBox([choice, rate_slider, draw]), view])
