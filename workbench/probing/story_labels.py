@@ -251,5 +251,48 @@ def split_examples(examples: GenderExamples, test_fraction: float = 0.5) -> tupl
     return examples.subset(slice(0, cut)), examples.subset(slice(cut, None))
 
 
+def child_names(source: Optional[StorySource] = None) -> dict[str, int]:
+    """Every child's name the source can tell a story about, with its label (0 girl, 1 boy)."""
+    source = source or default_story_source()
+    return {text.strip(): GENDERS.index(next_state.split(".")[0]) for _, text, next_state in source.states["name"]}
+
+
+def example_names(examples: GenderExamples, tokenizer, source: Optional[StorySource] = None) -> list[str]:
+    """The child's name of each example: the last name in its window before the [MASK]."""
+    names = child_names(source)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")\b")
+    found = []
+    for row, position in zip(examples.ids.tolist(), examples.mask_positions.tolist()):
+        before = tokenizer.decode(row[:position])
+        matches = pattern.findall(before)
+        if not matches:
+            raise ValueError(f"example_names: no child's name before the [MASK] in {before!r}")
+        found.append(matches[-1])
+    return found
+
+
+def split_by_name(examples: GenderExamples, tokenizer, held_out: int = 6, seed: int = 0,
+                  source: Optional[StorySource] = None) -> tuple[GenderExamples, GenderExamples, list[str]]:
+    """(train, test, held-out names): the test set is every example whose child has one of ``held_out`` names per
+    gender drawn with ``seed``; training never sees those names. A probe that still gets the test set right
+    generalizes from names to gender, which it can only do through what the representation learned about names
+    (an untrained network can read a name's letters, but not which names go with "She")."""
+    names = child_names(source)
+    check_int("split_by_name", "held_out", held_out)
+    rng = np.random.default_rng(seed)
+    held: list[str] = []
+    for label in (0, 1):
+        of_label = sorted(n for n, g in names.items() if g == label)
+        if held_out >= len(of_label):
+            raise ValueError(f"split_by_name: held_out={held_out} names per gender leaves none of the "
+                             f"{len(of_label)} {GENDERS[label]}s' names for training")
+        held += [str(name) for name in rng.choice(of_label, size=held_out, replace=False)]
+    in_test = torch.tensor([name in held for name in example_names(examples, tokenizer, source)])
+    if not bool(in_test.any()) or bool(in_test.all()):
+        raise ValueError("split_by_name: the examples do not cover both the held-out and the other names; "
+                         "use more examples")
+    return examples.subset(~in_test), examples.subset(in_test), sorted(held)
+
+
 __all__ = ["GenderExamples", "PRONOUNS", "parse_pieces", "split_examples", "story_gender_examples",
            "verbalizer_ids"]
