@@ -162,7 +162,7 @@ def test_the_default_loss_runs_the_model_in_the_objectives_attention_mode():
         def corrupt(self, batch, vocab_size, generator=None):
             return Corruption(batch[:, :-1], batch[:, :-1], self.attention_mode)
 
-    model = tiny_model()
+    model = tiny_model().requires_grad_(False)
     batch = markov_data().get_batch("train", 2, 17, torch.Generator().manual_seed(0))
     out = Bidirectional().loss(model, batch)
     logits = model(batch[:, :-1], attention_mode="bidirectional").logits

@@ -59,7 +59,8 @@ def check(exercise_id: str, function: Callable) -> CheckReport:
 
 
 def _load_all() -> None:
-    from . import attention_variants, gpt_parts, masked_lm, objectives_compared, tokens, tour  # noqa: F401  (each registers its exercises)
+    # each module registers its exercises
+    from . import attention_variants, gpt_parts, masked_lm, objectives_compared, tokens, tour  # noqa: F401
 
 
 __all__ = ["Case", "CheckReport", "Exercise", "Mistake", "check", "compare", "exercises", "get", "register",

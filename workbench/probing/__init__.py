@@ -12,6 +12,7 @@ from .linear_probe import features, linear_probe
 from .story_labels import (PRONOUNS, GenderExamples, child_names, example_names, parse_pieces, split_by_name,
                            split_examples, story_gender_examples, verbalizer_ids)
 
-__all__ = ["GenderExamples", "PRONOUNS", "child_names", "example_names", "split_by_name", "features", "finetune_generative", "finetune_linear_head",
+__all__ = ["GenderExamples", "PRONOUNS", "child_names", "example_names", "split_by_name",
+           "features", "finetune_generative", "finetune_linear_head",
            "generative_classify", "linear_probe", "parse_pieces", "split_examples", "story_gender_examples",
            "verbalizer_ids"]

@@ -233,7 +233,8 @@ class Trainer:
             self.tokens_seen += self.tokens_per_step
             step_time = time.perf_counter() - step_start
             record = {"step": self.step, "loss": total, "lr": lr, "grad_norm": grad_norm,
-                      "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token, "tokens_per_s": self.tokens_per_step / max(step_time, 1e-9),
+                      "tokens": self.tokens_seen, "flops": self.tokens_seen * self.flops_per_token,
+                      "tokens_per_s": self.tokens_per_step / max(step_time, 1e-9),
                       "elapsed": base_elapsed + time.perf_counter() - start, **out.metrics}
             self.history["train"].append(record)
         return record
