@@ -25,7 +25,7 @@ def tiny_text(tmp_path):
     return path
 
 
-def test_all_sections_print_table_and_write_json(tiny_text, tmp_path, capsys):
+def test_all_sections_print_table_and_write_json(tiny_text, tmp_path, capsys, tmp_cache):
     out = tmp_path / "figures.json"
     assert bench.main(["--data", str(tiny_text), "--steps", "3", "--threads", "1", "--contexts", "8,12",
                        "--json", str(out)]) == 0
@@ -39,7 +39,7 @@ def test_all_sections_print_table_and_write_json(tiny_text, tmp_path, capsys):
     assert set(figures) >= {"machine", "target", "nanogpt_documented", "sections", "ratios"}
     assert figures["nanogpt_documented"]["val_loss"] == 1.886
     sections = figures["sections"]
-    assert set(sections) == {"nanogpt", "reference", "recipe", "decode"}
+    assert set(sections) == {"nanogpt", "reference", "recipe", "decode", "diffusion"}
     for name in ("nanogpt", "recipe"):
         run = sections[name]
         assert run["steps"] == 3
@@ -92,7 +92,7 @@ def test_char_data_splits_like_nanogpt(tiny_text):
 
 
 def test_sections_registry_is_extensible():
-    assert list(bench.SECTIONS) == ["nanogpt", "reference", "recipe", "decode"]
+    assert list(bench.SECTIONS) == ["nanogpt", "reference", "recipe", "decode", "diffusion"]
     assert all(callable(fn) for fn in bench.SECTIONS.values())
 
 
@@ -115,6 +115,24 @@ def test_decode_section_needs_no_data_and_checks_every_cache(tmp_path, capsys):
     assert ratios["GQA"]["cache"] == 0.5 and ratios["MQA"]["cache"] == 0.25
     printed = capsys.readouterr().out
     assert "ratios to MHA at T=20" in printed and "formula differs" not in printed
+
+
+def test_diffusion_section_needs_no_data_and_reports_the_ratio_over_seeds(tmp_path, capsys, tmp_cache):
+    out = tmp_path / "diffusion.json"
+    assert bench.main(["--which", "diffusion", "--data", str(tmp_path / "absent.txt"), "--steps", "2", "--threads", "1",
+                       "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["sections"]["diffusion"]
+    assert [r["seed"] for r in figures["per_seed"]] == [0, 1, 2] and figures["mdlm"]["estimator"] == "mdlm"
+    for row in figures["per_seed"]:
+        assert row["ppl_ratio"] > 0 and row["scored_tokens"] == 63
+    ratios = [r["ppl_ratio"] for r in figures["per_seed"]]
+    assert figures["ratio"]["min"] == min(ratios) and figures["ratio"]["max"] == max(ratios)
+    assert set(figures["sampling"]) == {"AR (cached)", *(f"{name}, {n} steps" for n in (2, 4) for name in
+                                                         ("ancestral", "low confidence", "random order"))}
+    assert figures["sampling"]["low confidence, 4 steps"]["forward_passes"] == 4
+    assert all(row["samples_per_s"] > 0 for row in figures["sampling"].values())
+    printed = capsys.readouterr().out
+    assert "ratio over seeds (exact_count)" in printed and "published at scale" in printed
 
 
 def test_bad_contexts_are_a_clear_error(capsys):

@@ -19,6 +19,7 @@ EXPECTED = {
     "electra": [],
     "meap": ["-o", "mask_ratio=0.1"],
     "clm_then_mlm": ["-o", "switch_at=0.5"],
+    "mdlm": ["-o", "estimator=exact_count", "-o", "time_conditioning=True"],
 }
 
 

@@ -16,6 +16,10 @@
    context lengths, and how many bytes does the generation cache hold
    (``bench_decode.py``; needs no data file)?
 
+4. **Diffusion.** At equal training compute on the built-in stories, how does a masked diffusion LM's
+   perplexity bound compare with a GPT's perplexity (over seeds), and how many samples per second does
+   each diffusion sampler write against its number of steps (``bench_diffusion.py``; needs no data file)?
+
 Sections are plain functions registered by name in ``SECTIONS``; each takes
 a :class:`BenchContext` and returns a dict of figures (JSON-ready).
 
@@ -41,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ModelConfig, TrainConfig
-from . import bench_decode
+from . import bench_decode, bench_diffusion
 from .data import CharTokenizer, TokenData
 from .data.corpora import read_text_file
 from .models import GPT
@@ -435,17 +439,26 @@ def section_decode(ctx: BenchContext) -> dict:
     return bench_decode.run_decode_bench(ctx.contexts, ctx.steps or ctx.new_tokens, ctx.batch, log=ctx.log)
 
 
+def section_diffusion(ctx: BenchContext) -> dict:
+    """Masked diffusion vs AR at equal compute on the stories: the perplexity ratio over seeds, sampling speed."""
+    if ctx.steps:  # a quick run: few training steps, few denoising steps, two rounds
+        return bench_diffusion.run_diffusion_bench(train_steps=ctx.steps, sampler_steps=(2, 4), rounds=2, log=ctx.log)
+    return bench_diffusion.run_diffusion_bench(log=ctx.log)
+
+
 SECTIONS: dict[str, Callable[[BenchContext], dict]] = {
     "nanogpt": section_nanogpt,
     "reference": section_reference,
     "recipe": section_recipe,
     "decode": section_decode,
+    "diffusion": section_diffusion,
 }
 SECTION_TITLES = {
     "nanogpt": "workbench Trainer at nanoGPT's exact baby-GPT config",
     "reference": "workbench vs transformers GPT2LMHeadModel, alternating chunks",
     "recipe": "workbench recipe, stopped at the target",
     "decode": "cached decoding and cache memory per attention variant",
+    "diffusion": "masked diffusion vs AR at equal compute, and sampling speed per sampler",
 }
 TRAINING_SECTIONS = ("nanogpt", "reference", "recipe")  # these need the character-level text
 
@@ -622,6 +635,8 @@ def main(argv=None) -> int:
         print(("\n" if data is not None else "") + f"torch {machine['torch']}, {threads} threads | load average "
               f"{load_before} -> {load_after}", flush=True)
         print(bench_decode.format_decode_report(ctx.results["decode"]), flush=True)
+    if "diffusion" in ctx.results:
+        print(bench_diffusion.format_diffusion_report(ctx.results["diffusion"]), flush=True)
     if args.json is not None:
         payload = {"machine": machine, "target": args.target, "nanogpt_documented": NANOGPT_DOCUMENTED,
                    "sections": ctx.results, "ratios": ratios(ctx.results)}

@@ -223,6 +223,71 @@ class StorySource:
             )
         return total
 
+    def window_log_prob(self, text: str) -> float:
+        """Natural log of the probability that a window of the stationary stream reads ``text``.
+
+        ``log_prob`` scores text from the start of a story; a training window starts anywhere, in the
+        middle of a piece too. Here the hidden state is (state, transition, character within its text):
+        the source writes the character there and moves to the next character of the same text, or,
+        after the text's last one, to the first character of a transition of the next state. In the
+        long run the stream is at (s, j, c) a fraction pi(s) p_j / sum_s pi(s) L(s) of the time, and the
+        forward algorithm sums over every hidden path that writes ``text`` (Rabiner 1989, eq. 19-21).
+        Returns -inf for text the source never writes. ``-window_log_prob(x[:n]) / n`` tends to the
+        entropy rate; ``window_log_prob(a + b) - window_log_prob(a)`` is the exact log-probability of
+        ``b`` following ``a`` (how generated continuations are scored).
+        """
+        return self._forward(text)[0]
+
+    def writable_prefix(self, text: str) -> int:
+        """How many leading characters of ``text`` a window of the stream can read (all of them: len(text))."""
+        return self._forward(text)[1]
+
+    def _forward(self, text: str) -> tuple[float, int]:
+        """(window_log_prob(text), the length of the longest prefix with a probability above 0)."""
+        if not isinstance(text, str):
+            raise ValueError(f"StorySource.window_log_prob expects a str, got {type(text).__name__}")
+        if not text:
+            return 0.0, 0
+        chars, start, within, ends_in, firsts, first_weight, initial = self._character_chain()
+        alpha = initial * (chars == text[0])
+        total = 0.0
+        for position, ch in enumerate(text[1:], start=1):
+            scale = alpha.sum()
+            if scale == 0:
+                return float("-inf"), position - 1
+            total += math.log(scale)
+            alpha = alpha / scale
+            moved = np.zeros_like(alpha)
+            moved[within + 1] = alpha[within]                       # the next character of the same text
+            arriving = np.bincount(ends_in, weights=alpha[start], minlength=len(self.names))  # texts ending now
+            moved[firsts] += arriving[first_weight[0]] * first_weight[1]  # the first character of a next text
+            alpha = moved * (chars == ch)
+        scale = alpha.sum()
+        return (total + math.log(scale), len(text)) if scale > 0 else (float("-inf"), len(text) - 1)
+
+    def _character_chain(self):
+        """The character-level hidden chain behind ``window_log_prob`` (built once)."""
+        if getattr(self, "_chain", None) is None:
+            chars, start_of, owner, piece_end, next_state, firsts, first_state, first_p, weight = ([] for _ in range(9))
+            pi = self.stationary()
+            for s_index, name in enumerate(self.names):
+                for p, piece, nxt in self.states[name]:
+                    firsts.append(len(chars))
+                    first_state.append(s_index)
+                    first_p.append(p)
+                    for c, ch in enumerate(piece):
+                        chars.append(ch)
+                        weight.append(pi[s_index] * p)
+                        piece_end.append(c == len(piece) - 1)
+                    next_state.append(self._index[nxt])
+            piece_end = np.array(piece_end)
+            index = np.arange(len(chars))
+            chars = np.array(chars)
+            weight = np.array(weight)
+            self._chain = (chars, index[piece_end], index[~piece_end], np.array(next_state), np.array(firsts),
+                           (np.array(first_state), np.array(first_p)), weight / weight.sum())
+        return self._chain
+
     def __repr__(self) -> str:
         n_moves = sum(len(m) for m in self.states.values())
         return (

@@ -19,7 +19,7 @@ edition, with the solutions in place between the markers; ``workbench student-ed
 
 Each notebook's exercises live in one file: ``tour.py`` (00), ``tokens.py`` (01),
 ``gpt_parts.py`` (02), ``attention_variants.py`` (03), ``masked_lm.py`` (04), ``objectives_compared.py``
-(05); the machinery is in ``checking.py``.
+(05), ``diffusion.py`` (06); the machinery is in ``checking.py``.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def check(exercise_id: str, function: Callable) -> CheckReport:
 
 def _load_all() -> None:
     # each module registers its exercises
-    from . import attention_variants, gpt_parts, masked_lm, objectives_compared, tokens, tour  # noqa: F401
+    from . import attention_variants, diffusion, gpt_parts, masked_lm, objectives_compared, tokens, tour  # noqa: F401
 
 
 __all__ = ["Case", "CheckReport", "Exercise", "Mistake", "check", "compare", "exercises", "get", "register",

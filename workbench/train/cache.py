@@ -38,8 +38,8 @@ from .checkpoint import CheckpointError
 SWITCH_ENV = "WORKBENCH_TRAINING_CACHE"
 OFF = ("off", "0", "none", "false", "no")
 # Library files that do not change what training computes; editing them keeps the cache valid.
-NOT_TRAINING_CODE = ("exercises/", "viz/", "hf/", "probing/", "cli.py", "publish.py", "bench.py", "bench_decode.py",
-                     "inspect.py", "generate.py", "equal_compute.py")
+NOT_TRAINING_CODE = ("exercises/", "viz/", "hf/", "probing/", "diffusion/", "cli.py", "publish.py", "bench.py", "bench_decode.py",
+                     "inspect.py", "generate.py", "equal_compute.py", "bench_diffusion.py")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 

@@ -4,7 +4,9 @@
 * ``sampling_explorer`` prompt + temperature / top-k / top-p sliders: the next-token
                         distribution redraws as you move them, and a button samples text;
 * ``attention_explorer`` layer and head sliders over a prompt's attention heatmap;
-* ``masking_explorer``  pick an objective and its rate: the text as that objective corrupts it.
+* ``masking_explorer``  pick an objective and its rate: the text as that objective corrupts it;
+* ``denoising_explorer`` a masked diffusion sampler step by step: sampler, steps, and a slider
+                        through the steps, every token coloured by the model's confidence.
 
 Widgets live only here; everything they show is computed by library functions
 that tests call directly.
@@ -24,12 +26,14 @@ from typing import Optional
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import torch
 from IPython.display import HTML, display
 
 from ..generate import sample_text
 from ..inspect import attention_maps, next_token_distribution
 from ..train.callbacks import Callback
 from .corruption import corrupt_text, corruption_html
+from .denoising import denoising_html
 from .figures import attention_figure, distribution_figure, heatmap_scale, loss_figure, smooth, token_ticks
 
 STATIC_ENV = "WORKBENCH_STATIC_FIGURES"
@@ -236,3 +240,54 @@ def masking_explorer(tokenizer, text: str, objectives: dict, rate: float = 0.15)
     if static_figures():
         display(HTML(view.value))
     return widgets.VBox([prompt_box, widgets.HBox([choice, rate_slider, draw]), view])
+
+
+def denoising_explorer(model, objective, tokenizer, prompt: str, gen_length: int, samplers=None,
+                       steps: Optional[int] = None) -> widgets.Widget:
+    """Watch a masked diffusion model write ``gen_length`` tokens after ``prompt`` (type [MASK] into the prompt to
+    infill there too): a dropdown picks the sampler, a slider the number of steps, another moves through them.
+
+    The sampling runs when the prompt, sampler, steps or seed change; the step slider only redraws.
+    """
+    from ..diffusion.sampling import SAMPLERS, sample
+    from ..inspect import encode_with_masks
+
+    samplers = list(samplers or SAMPLERS)
+    block = model.config.block_size
+    prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
+    sampler = widgets.Dropdown(options=samplers, description="sampler", style=SLIDER_STYLE)
+    n_steps = widgets.IntSlider(value=steps or gen_length, min=1, max=gen_length, description="steps",
+                                style=SLIDER_STYLE)
+    seed = widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="160px"))
+    position = widgets.IntSlider(value=n_steps.value, min=0, max=n_steps.value, description="show step",
+                                 style=SLIDER_STYLE)
+    view = widgets.HTML()
+    state = {"trace": None}
+
+    def redraw(*_):
+        if state["trace"] is not None:
+            view.value = denoising_html(state["trace"], position.value, tokenizer,
+                                        title=f"{sampler.value}, {n_steps.value} steps")
+
+    def resample(*_):
+        try:
+            ids = encode_with_masks(tokenizer, prompt_box.value)
+            canvas = torch.tensor(ids + [tokenizer.mask_id] * gen_length)[-block:]
+            trace = sample(model, objective, canvas, n_steps.value, sampler=sampler.value,
+                           generator=torch.Generator().manual_seed(seed.value))
+        except ValueError as error:
+            view.value = f"<b>{html.escape(str(error))}</b>"
+            return
+        state["trace"] = trace
+        last = len(trace.states) - 1
+        position.max = last
+        position.value = last
+        redraw()
+
+    for control in (prompt_box, sampler, n_steps, seed):
+        control.observe(resample, names="value")
+    position.observe(redraw, names="value")
+    resample()
+    if static_figures():
+        display(HTML(view.value))
+    return widgets.VBox([prompt_box, widgets.HBox([sampler, n_steps, seed]), position, view])
