@@ -63,8 +63,8 @@ TEST_ENV_DEFAULTS = {"WORKBENCH_PRESET": "ci"}
 TEST_WORKERS = "2"
 DEFAULT_TEST_PATHS = ("tests", "notebooks")
 # Phase 2 of `run.py test`: the student edition run top to bottom, and the tests that drive
-# JupyterLab in a browser (one at a time, after phase 1, so they reuse the training cache that
-# phase 1's notebooks filled).
+# JupyterLab in a browser (after phase 1, so they reuse the training cache that phase 1's notebooks
+# filled; the two files side by side, each in one worker).
 LIVE_TEST_PATH = "tests/live"
 CACHE_ENV = "WORKBENCH_CACHE"  # root of the token and training caches (workbench/train/cache.py)
 CHROMIUM_HINT = ("browser tests (tests/live) skipped: Chromium not found; "
@@ -359,11 +359,12 @@ def pytest_argv(
 
 
 def live_pytest_argv(python, user_args: list[str] | None = None, root: Path = ROOT) -> list[str]:
-    """Phase 2: the browser tests, in this one process (they share one JupyterLab and one browser)."""
+    """Phase 2: the student edition and the browser tests, side by side in 2 workers, one file each (loadfile:
+    the browser tests share one JupyterLab and one browser, so all of them run in the same worker)."""
     user_args = list(user_args or [])
     argv = [str(python), "-m", "pytest"]
     if not _user_controls_xdist(user_args):
-        argv += ["-p", "no:xdist"]
+        argv += ["-n", TEST_WORKERS, "--dist", "loadfile"]
     return argv + user_args + [LIVE_TEST_PATH]
 
 
@@ -372,7 +373,7 @@ def phase_commands(python, user_args: list[str] | None = None, root: Path = ROOT
     """The pytest commands `run.py test` runs, in order.
 
     Without paths: phase 1 (unit tests + notebooks, 2 xdist workers, tests/live left out), then
-    phase 2 (tests/live, one process). With paths named by the caller: just those, in one phase.
+    phase 2 (tests/live, 2 workers, a file each). With paths named by the caller: just those, in one phase.
     """
     user_args = list(user_args or [])
     cwd = root if cwd is None else Path(cwd)

@@ -173,3 +173,22 @@ def forbid_network(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     return attempts
+
+
+def assert_solution_passes(exercise_id: str, solution) -> None:
+    """A notebook's solution passes every case of its exercise (3 to 6 cases)."""
+    from workbench.exercises import get, run_check
+
+    report = run_check(get(exercise_id), solution)
+    assert report.passed, str(report)
+    assert 3 <= len(report.results) <= 6
+
+
+def assert_wrong_answer_points_at_itself(exercise_id: str, function, expected_text: str) -> None:
+    """A plausible wrong answer fails, and its first failing line contains ``expected_text``."""
+    from workbench.exercises import get, run_check
+
+    report = run_check(get(exercise_id), function)
+    assert not report.passed and not report.not_yet
+    failing = [line for line in report.lines() if line.startswith("  ✘")]
+    assert failing and expected_text in failing[0], str(report)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_solution_passes, assert_wrong_answer_points_at_itself
 from workbench.exercises import get, run_check
 
 IDS = ("03.1", "03.2", "03.3", "03.4")
@@ -97,18 +98,12 @@ WRONG = {"03.1": (linear_attention_softmax, "case 1, one head, 4 tokens, d = 2: 
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_solution_passes_every_case(exercise_id):
-    report = run_check(get(exercise_id), SOLUTIONS[exercise_id])
-    assert report.passed, str(report)
-    assert 3 <= len(report.results) <= 6
+    assert_solution_passes(exercise_id, SOLUTIONS[exercise_id])
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_a_further_wrong_answer_fails_with_the_difference(exercise_id):
-    function, expected_text = WRONG[exercise_id]
-    report = run_check(get(exercise_id), function)
-    assert not report.passed and not report.not_yet
-    failing = [line for line in report.lines() if line.startswith("  ✘")]
-    assert failing and expected_text in failing[0], str(report)
+    assert_wrong_answer_points_at_itself(exercise_id, *WRONG[exercise_id])
 
 
 def test_specific_mistakes_point_at_themselves():

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from workbench.exercises import get, run_check
+from helpers import assert_solution_passes, assert_wrong_answer_points_at_itself
+from workbench.exercises import get
 from workbench.objectives import Electra, MaskedLM
 from workbench.objectives.base import IGNORE
 from workbench.objectives.masking import ACTION_NAMES
@@ -101,18 +102,12 @@ WRONG = {
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_solution_passes_every_case(exercise_id):
-    report = run_check(get(exercise_id), SOLUTIONS[exercise_id])
-    assert report.passed, str(report)
-    assert 3 <= len(report.results) <= 6
+    assert_solution_passes(exercise_id, SOLUTIONS[exercise_id])
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_a_further_wrong_answer_fails_with_the_difference(exercise_id):
-    function, expected_text = WRONG[exercise_id]
-    report = run_check(get(exercise_id), function)
-    assert not report.passed and not report.not_yet
-    failing = [line for line in report.lines() if line.startswith("  ✘")]
-    assert failing and expected_text in failing[0], str(report)
+    assert_wrong_answer_points_at_itself(exercise_id, *WRONG[exercise_id])
 
 
 def test_the_masking_exercise_is_the_objectives_rule():

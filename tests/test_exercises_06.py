@@ -4,8 +4,9 @@ tested once for all in test_exercises_framework.py."""
 import pytest
 import torch
 
+from helpers import assert_solution_passes, assert_wrong_answer_points_at_itself
 from workbench.diffusion.sampling import transfer_schedule
-from workbench.exercises import get, run_check
+from workbench.exercises import get
 from workbench.objectives import MaskedDiffusion
 
 IDS = ("06.1", "06.2", "06.3")
@@ -67,18 +68,12 @@ WRONG = {
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_solution_passes_every_case(exercise_id):
-    report = run_check(get(exercise_id), SOLUTIONS[exercise_id])
-    assert report.passed, str(report)
-    assert 3 <= len(report.results) <= 6
+    assert_solution_passes(exercise_id, SOLUTIONS[exercise_id])
 
 
 @pytest.mark.parametrize("exercise_id", IDS)
 def test_a_further_wrong_answer_fails_with_the_difference(exercise_id):
-    function, expected_text = WRONG[exercise_id]
-    report = run_check(get(exercise_id), function)
-    assert not report.passed and not report.not_yet
-    failing = [line for line in report.lines() if line.startswith("  ✘")]
-    assert failing and expected_text in failing[0], str(report)
+    assert_wrong_answer_points_at_itself(exercise_id, *WRONG[exercise_id])
 
 
 def test_the_loss_exercise_is_the_objectives_loss():

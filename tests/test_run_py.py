@@ -227,7 +227,8 @@ def test_default_run_has_two_phases_browser_tests_last():
     assert phase1[phase1.index("--ignore") + 1] == str(ROOT / "tests" / "live")
     assert phase1[-2:] == ["tests", "notebooks"] and "-n" in phase1
     assert phase2[:3] == ["PY", "-m", "pytest"] and phase2[-1] == "tests/live"
-    assert "-n" not in phase2 and phase2[phase2.index("-p") + 1] == "no:xdist"
+    # the student edition and the browser tests side by side, each file whole in one worker
+    assert phase2[phase2.index("-n") + 1] == "2" and phase2[phase2.index("--dist") + 1] == "loadfile"
     assert "--nbval-lax" not in phase2
 
 
@@ -235,9 +236,9 @@ def test_filters_apply_to_both_phases():
     phase1, phase2 = run_py.phase_commands("PY", ["-k", "widget", "-x"], ROOT)
     assert phase1[-5:] == ["-k", "widget", "-x", "tests", "notebooks"]
     assert phase2[-4:] == ["-k", "widget", "-x", "tests/live"]
-    # a user who takes over distribution keeps it in phase 2 too (no conflicting -p no:xdist)
+    # a user who takes over distribution keeps it in phase 2 too (no conflicting -n 2)
     phase2 = run_py.phase_commands("PY", ["-n", "0"], ROOT)[1]
-    assert "no:xdist" not in phase2 and phase2[-3:] == ["-n", "0", "tests/live"]
+    assert "loadfile" not in phase2 and phase2[-3:] == ["-n", "0", "tests/live"]
 
 
 def test_named_paths_run_in_one_phase():

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..generate import generate as ar_generate
+from ..objectives.base import MASK_ID
 from ..objectives.masked_diffusion import MaskedDiffusion
 from .elbo import _device, nelbo
 from .sampling import sample as diffusion_sample
@@ -115,7 +116,7 @@ def continue_prompts(ar_model, diffusion_model, objective: MaskedDiffusion, prom
             outputs, seconds = timed(lambda: ar_generate(ar_model, prompts, gen_length, seed=seed, **options))
             results[label] = (outputs.cpu(), seconds, gen_length)
         else:
-            canvas = torch.cat([prompts, torch.full((len(prompts), gen_length), 1, dtype=torch.long)], dim=1)
+            canvas = torch.cat([prompts, torch.full((len(prompts), gen_length), MASK_ID, dtype=torch.long)], dim=1)
             trace, seconds = timed(lambda: diffusion_sample(diffusion_model, objective, canvas, start=prompts.shape[1],
                                                             generator=torch.Generator().manual_seed(seed), **options))
             results[label] = (trace.tokens.cpu(), seconds, trace.forward_passes)

@@ -32,7 +32,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..objectives.base import MASK_ID
+from ..objectives.base import MASK_ID, _config_holder
 from ..objectives.masked_diffusion import MaskedDiffusion, masked_nll
 from ..validation import check_int
 
@@ -191,10 +191,6 @@ def _check_short(x: torch.Tensor, longest: int, owner: str) -> int:
         raise ValueError(f"{owner}: x must be one sequence of 1 to {longest} tokens (enumeration grows "
                          f"exponentially), got shape {tuple(x.shape)}")
     return len(x)
-
-
-def _config_holder(model):
-    return getattr(model, "_orig_mod", model)
 
 
 def _device(model) -> torch.device:
