@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..inspect import encode_with_masks
 from ..objectives.base import MASK_ID
 from ..objectives.masked_diffusion import MaskedDiffusion
 from ..validation import check_choice, check_int, check_range
@@ -153,8 +154,6 @@ def generate(model, objective: MaskedDiffusion, prompt_ids: Sequence[int], gen_l
 def infill(model, objective: MaskedDiffusion, tokenizer, text: str, steps: Optional[int] = None,
            **options) -> DenoisingTrace:
     """Fill each ``[MASK]`` written in ``text`` (one token each; the rest is given and never changes)."""
-    from ..inspect import encode_with_masks
-
     canvas = torch.tensor(encode_with_masks(tokenizer, text), dtype=torch.long)
     n_masks = int((canvas == MASK_ID).sum())
     if n_masks == 0:

@@ -29,8 +29,9 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import HTML, display
 
+from ..diffusion.sampling import SAMPLERS, sample
 from ..generate import sample_text
-from ..inspect import attention_maps, next_token_distribution
+from ..inspect import attention_maps, encode_with_masks, next_token_distribution
 from ..train.callbacks import Callback
 from .corruption import corrupt_text, corruption_html
 from .denoising import denoising_html
@@ -249,9 +250,6 @@ def denoising_explorer(model, objective, tokenizer, prompt: str, gen_length: int
 
     The sampling runs when the prompt, sampler, steps or seed change; the step slider only redraws.
     """
-    from ..diffusion.sampling import SAMPLERS, sample
-    from ..inspect import encode_with_masks
-
     samplers = list(samplers or SAMPLERS)
     block = model.config.block_size
     prompt_box = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="90%"))
