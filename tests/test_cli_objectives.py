@@ -77,3 +77,21 @@ def test_option_values_are_read_as_the_type_of_their_default():
     options = parse_objective_options("clm_then_mlm", ['second_options={"mask_ratio": 0.4}', "switch_at=0.25"])
     assert options == {"second_options": {"mask_ratio": 0.4}, "switch_at": 0.25}
     assert json.dumps(options)  # JSON values: they go into checkpoint.json
+
+
+def test_sample_from_a_diffusion_run_uses_its_sampler(tmp_path, capsys, tmp_cache):
+    out = tmp_path / "mdlm"
+    assert main(["train", *SMALL, "--objective", "mdlm", "-o", "time_conditioning=True", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "Once", "--max-new-tokens", "12", "--steps", "4",
+                 "--sampler", "random", "--num-samples", "2"]) == 0
+    samples = capsys.readouterr().out.split("-" * 40)[:2]
+    # 12 tokens after the prompt (an untrained model may write special ids, which are not printed)
+    assert all(text.strip("\n").startswith("Once") and 4 < len(text.strip("\n")) <= 16 for text in samples), samples
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "x" * 40]) == 2
+    assert "no room in the context" in capsys.readouterr().err
+    ar = tmp_path / "clm"
+    assert main(["train", *SMALL, "--out", str(ar)]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--checkpoint", str(ar), "--steps", "4"]) == 2
+    assert "--steps and --sampler are for masked diffusion runs" in capsys.readouterr().err

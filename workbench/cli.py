@@ -5,6 +5,7 @@
     workbench train --attention gla --position none --out runs/gla     (any registered variant)
     workbench train --objective mlm --option mask_ratio=0.3 --out runs/mlm    (any registered objective)
     workbench sample --checkpoint runs/pydoc --prompt "The "
+    workbench sample --checkpoint runs/mdlm --steps 16 --sampler low_confidence   (a masked diffusion run)
     workbench bench                     training speed and time-to-loss against references
     workbench warm                      run every notebook once: what they train is cached for class
     workbench student-edition DIR       the notebooks with the exercise solutions taken out
@@ -212,17 +213,44 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .generate import sample_text
     from .train import load_model
+    from .train.checkpoint import load_objective
 
     model, tokenizer = load_model(args.checkpoint)
     if tokenizer is None:
         print(f"error: {args.checkpoint} has no tokenizer.json; it was saved without a tokenizer", file=sys.stderr)
         return 2
+    objective = load_objective(args.checkpoint, model)
+    diffusion = objective.name == "mdlm"
+    if not diffusion and (args.steps is not None or args.sampler is not None):
+        print(f"error: --steps and --sampler are for masked diffusion runs; {args.checkpoint} was trained with the "
+              f"objective {objective.name!r} and samples left to right: leave them out", file=sys.stderr)
+        return 2
     for i in range(args.num_samples):
-        text = sample_text(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)
+        if diffusion:
+            text = _diffusion_sample(model, objective, tokenizer, args, seed=args.seed + i)
+        else:
+            text = sample_text(model, tokenizer, args.prompt, args.max_new_tokens, temperature=args.temperature,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)
         print(text)
         print("-" * 40)
     return 0
+
+
+def _diffusion_sample(model, objective, tokenizer, args, seed: int) -> str:
+    """A masked diffusion run's sample: the prompt, then as many [MASK]s as fit, filled in ``--steps`` steps."""
+    import torch
+
+    from .diffusion import generate
+
+    prompt = tokenizer.encode(args.prompt)
+    room = model.config.block_size - len(prompt)
+    if room < 1:
+        raise ValueError(f"the prompt has {len(prompt)} tokens and leaves no room in the context of "
+                         f"{model.config.block_size}; a diffusion model writes inside its window: shorten it")
+    new = min(args.max_new_tokens, room)
+    trace = generate(model, objective, prompt, new, args.steps or new, sampler=args.sampler or "low_confidence",
+                     temperature=args.temperature, generator=torch.Generator().manual_seed(seed))
+    return tokenizer.decode(trace.tokens.tolist(), skip_special=True)
 
 
 def cmd_tour(args) -> int:
@@ -330,6 +358,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     sample.add_argument("--top-p", type=float, default=None)
     sample.add_argument("--num-samples", type=_positive_int, default=1)
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=_positive_int, default=None,
+                        help="masked diffusion runs: denoising steps (default: one per new token)")
+    sample.add_argument("--sampler", choices=["low_confidence", "random", "ancestral"], default=None,
+                        help="masked diffusion runs: the sampler (default: low_confidence)")
     sample.set_defaults(handler=cmd_sample)
 
     tour = commands.add_parser("tour", help="train a tiny GPT on built-in stories and print samples")

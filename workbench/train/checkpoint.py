@@ -375,6 +375,17 @@ def load_model(path, device: str | torch.device = "cpu"):
     return model.to(device), load_checkpoint_tokenizer(directory)
 
 
+def load_objective(path, model):
+    """The objective a checkpoint was trained with, set up for ``model`` (from ``load_model``) with the weights
+    it owns restored (a diffusion model's time embedding, ELECTRA's generator)."""
+    directory, meta = read_checkpoint(path)
+    objective = checkpoint_objective(directory, meta)
+    objective.setup(model)
+    owned = read_tensors(directory, "objective.safetensors") if "objective.safetensors" in meta["files"] else {}
+    load_objective_tensors(objective, model, owned)
+    return objective.to(next(model.parameters()).device).eval()
+
+
 def load_checkpoint_tokenizer(directory: Path):
     """The checkpoint's tokenizer, or None when it was saved without one."""
     file = Path(directory) / "tokenizer.json"
