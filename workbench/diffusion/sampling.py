@@ -84,7 +84,7 @@ def low_confidence_step(log_probs: torch.Tensor, canvas: torch.Tensor, k: torch.
     """
     x0 = gumbel_argmax(log_probs, temperature, generator)
     masked = canvas == MASK_ID
-    probability = log_probs.double().exp().gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    probability = _probability(log_probs, x0)
     if remasking == "low_confidence":
         confidence = probability
     else:
@@ -179,6 +179,11 @@ def _blocks(length: int, start: int, block_length: Optional[int], steps: int) ->
     return [(start + b * block_length, start + (b + 1) * block_length, steps // n_blocks) for b in range(n_blocks)]
 
 
+def _probability(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """p(token) at each position, (B, L) float64, from (B, L, V) log-probabilities."""
+    return log_probs.double().exp().gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
 def _new_trace(canvas: torch.Tensor) -> DenoisingTrace:
     return DenoisingTrace(tokens=canvas, states=[canvas.clone().cpu()],
                           committed_at=torch.zeros(canvas.shape, dtype=torch.long),
@@ -217,31 +222,33 @@ def _remasking(model, objective, canvas, steps, blocks, sampler, temperature, ge
 def _ancestral(model, objective, canvas, steps, temperature, generator) -> DenoisingTrace:
     trace = _new_trace(canvas)
     times = torch.linspace(1.0, FINAL_TIME, steps + 1, dtype=torch.float64)
-    cached, cached_for = None, None
+    cache = {"log_probs": None, "canvas": None}
+
+    def predict(t: float) -> torch.Tensor:
+        """p(x_0 | canvas): the last prediction again when the canvas did not change and t is not an input."""
+        if (cache["log_probs"] is None or objective.time_embedding is not None
+                or not torch.equal(cache["canvas"], canvas)):
+            cache["log_probs"] = objective.log_probs(model, canvas, torch.full((canvas.shape[0],), t,
+                                                                               device=canvas.device))
+            cache["canvas"] = canvas.clone()
+            trace.forward_passes += 1
+        return cache["log_probs"]
+
     for i in range(steps):
         t, s = float(times[i]), float(times[i + 1])
-        masked = canvas == MASK_ID
-        if cached is None or objective.time_embedding is not None or not torch.equal(cached_for, canvas):
-            cached = objective.log_probs(model, canvas, torch.full((canvas.shape[0],), t, device=canvas.device))
-            cached_for = canvas.clone()
-            trace.forward_passes += 1
-        x0 = gumbel_argmax(cached, temperature, generator)  # a draw from softmax(log p / temperature)
+        log_probs = predict(t)
+        x0 = gumbel_argmax(log_probs, temperature, generator)  # a draw from softmax(log p / temperature)
         unmask = torch.rand(canvas.shape, generator=generator, dtype=torch.float64).to(canvas.device) >= s / t
-        committed = masked & unmask
-        confidence = cached.double().exp().gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        committed = (canvas == MASK_ID) & unmask
         canvas = torch.where(committed, x0, canvas)
-        _record(trace, canvas, committed, confidence, i + 1)
+        _record(trace, canvas, committed, _probability(log_probs, x0), i + 1)
     masked = canvas == MASK_ID
-    if bool(masked.any()):  # noise removal: one argmax pass at the final time
-        if objective.time_embedding is not None or not torch.equal(cached_for, canvas):
-            cached = objective.log_probs(model, canvas, torch.full((canvas.shape[0],), FINAL_TIME, device=canvas.device))
-            trace.forward_passes += 1
-        x0 = cached.argmax(dim=-1)
-        confidence = cached.double().exp().gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    if bool(masked.any()):  # noise removal: one argmax pass at the final time, part of the last step
+        log_probs = predict(FINAL_TIME)
+        x0 = log_probs.argmax(dim=-1)
         canvas = torch.where(masked, x0, canvas)
-        trace.states[-1] = canvas.clone().cpu()
-        trace.committed_at[masked.cpu()] = steps
-        trace.confidence[masked.cpu()] = confidence.cpu()[masked.cpu()]
+        trace.states.pop()
+        _record(trace, canvas, masked, _probability(log_probs, x0), steps)
     trace.tokens = canvas
     return trace
 

@@ -22,20 +22,18 @@ def _diffusion_loss_reference(logits, x0, masked, t):
     return (loss_weight(t.double()).float()[:, None] * nll).sum() / x0.numel()
 
 
-def _log_probs_keeping_mask(logits):
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
-def _picked(logits, x0, masked, log_softmax=None):
-    log_probs = (log_softmax or _subs_only)(logits)
-    nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)
-    return torch.where(masked, nll, torch.zeros_like(nll))
-
-
 def _subs_only(logits):
+    """log softmax with the [MASK] logit at -inf, at every position (no carry-over)."""
     logits = logits.float().clone()
     logits[..., MASK_ID] = float("-inf")
     return torch.log_softmax(logits, dim=-1)
+
+
+def _picked(logits, x0, masked, log_probs=None):
+    """-log p(x0) at the ``masked`` positions, 0 elsewhere (SUBS log-probabilities unless others are given)."""
+    log_probs = _subs_only(logits) if log_probs is None else log_probs
+    nll = -log_probs.gather(-1, x0[..., None]).squeeze(-1)
+    return torch.where(masked, nll, torch.zeros_like(nll))
 
 
 def _normalized_by_masked_count(logits, x0, masked, t):
@@ -43,7 +41,8 @@ def _normalized_by_masked_count(logits, x0, masked, t):
 
 
 def _mask_logit_kept(logits, x0, masked, t):
-    return (_picked(logits, x0, masked, _log_probs_keeping_mask) / t[:, None]).sum() / x0.numel()
+    kept = torch.log_softmax(logits.float(), dim=-1)
+    return (_picked(logits, x0, masked, kept) / t[:, None]).sum() / x0.numel()
 
 
 def _weight_t(logits, x0, masked, t):
